@@ -1,0 +1,45 @@
+"""The ``vizcnn`` command: a click group; each subcommand lives in its own module."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from vizcnn.errors import VizcnnError
+
+
+class CliError(click.ClickException):
+    """A user error: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+
+class Group(click.Group):
+    """Turns vizcnn's own errors into one-line messages with exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except VizcnnError as e:
+            raise CliError(str(e)) from None
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="vizcnn")
+def cli() -> None:
+    """vizcnn: Zeiler & Fergus-style visualization of CNNs.
+
+    Deconvnet projections, layer listings and the classic model zoo
+    (LeNet-5, AlexNet, ZFNet, VGG, GoogLeNet, ResNet).
+    """
+
+
+def main() -> None:
+    cli(prog_name="vizcnn")
+
+
+from . import deconv, zoo  # noqa: E402,F401  (each registers its subcommands on `cli`)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

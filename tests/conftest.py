@@ -1,0 +1,40 @@
+"""Shared test helpers: small seeded models and the model-untouched invariant."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+def snapshot(model: nn.Module) -> dict:
+    """Everything vizcnn promises to leave as it was."""
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "training": [m.training for m in model.modules()],
+        "hooks": hook_count(model),
+        "grads": [p.grad for p in model.parameters()],
+    }
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+
+
+def assert_untouched(model: nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    assert after["state"].keys() == before["state"].keys()
+    for k, v in before["state"].items():
+        assert torch.equal(after["state"][k], v), f"{k} changed"
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["training"] == before["training"]
+    assert after["hooks"] == before["hooks"]
+    assert all(g is None for g in after["grads"]), "parameter gradients were computed"
+
+
+@pytest.fixture(scope="session")
+def samples_dir():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "samples"

@@ -1,0 +1,116 @@
+"""The command line end to end: files written, one-line errors with exit code 2."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_usage_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for f in fragments:
+        assert f in lines[0]
+
+
+def test_help_explains_every_command():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("deconv", "models", "layers"):
+        assert command in result.output
+    deconv = run("deconv", "--help").output
+    for option in ("--layer", "--top", "--channel", "--method", "--weights", "--device", "--out", "--json", "--force"):
+        assert option in deconv
+
+
+def test_deconv_writes_grids_and_summary(tmp_path, samples_dir):
+    out = tmp_path / "run"
+    result = run("deconv", "alexnet", samples_dir / "cat.jpg", "--weights", "random", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert [entry["layer"] for entry in summary["layers"]] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert sorted(os.listdir(out)) == sorted(summary["files"] + ["summary.json"])
+    for entry in summary["layers"]:
+        assert (out / entry["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert len(entry["units"]) == 9
+        values = [u["value"] for u in entry["units"]]
+        assert values == sorted(values, reverse=True) and values[0] > 0
+        box = entry["units"][0]["box"]
+        assert 0 <= box["top"] < box["bottom"] <= 224 and 0 <= box["left"] < box["right"] <= 224
+    conv1 = summary["layers"][0]
+    assert conv1["receptive_field"] == [11, 11] and conv1["stride"] == [4, 4]
+
+
+def test_deconv_options_and_rerun_into_same_folder(tmp_path, samples_dir):
+    out = tmp_path / "run"
+    args = ["deconv", "lenet5", samples_dir / "camera.png", "--weights", "random", "--out", out, "--json"]
+    first = json.loads(run(*args, "--layer", "c1", "--layer", "c3").output)
+    assert [e["layer"] for e in first["layers"]] == ["c1", "c3"] and len(first["layers"][0]["units"]) == 6
+    second = run(*args, "--layer", "c3", "--channel", "4", "--method", "guided")
+    assert second.exit_code == 0, second.output
+    summary = json.loads(second.output)
+    assert [u["channel"] for u in summary["layers"][0]["units"]] == [4] and summary["method"] == "guided"
+    # the earlier run's files that this run did not write are gone: one run per folder
+    assert sorted(os.listdir(out)) == ["deconv_c3.png", "summary.json"]
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--layer", "conv9"], ["unknown layer 'conv9'", "conv5"]),
+    (["--channel", "64", "--layer", "conv1"], ["channel 64 out of range", "0..63"]),
+    (["--device", "cuda"], ["no CUDA GPU"]),
+    (["--weights", "nowhere.pt"], ["no such file"]),
+])
+def test_deconv_bad_arguments(tmp_path, samples_dir, args, fragments):
+    if "cuda" in args:
+        pytest.importorskip("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    out = tmp_path / "out"
+    result = run("deconv", "alexnet", samples_dir / "cat.jpg", "--weights", "random", "--out", out, *args)
+    assert_usage_error(result, *fragments)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_deconv_bad_files_and_folders(tmp_path, samples_dir):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    cat = samples_dir / "cat.jpg"
+    assert_usage_error(run("deconv", "alexnet", tmp_path / "missing.jpg", "--weights", "random"), "missing.jpg")
+    assert_usage_error(run("deconv", "alexnet", text, "--weights", "random", "--out", tmp_path / "o"), "notes.jpg")
+    assert_usage_error(run("deconv", "alexnet", tmp_path, "--weights", "random", "--out", tmp_path / "o"), "directory")
+    assert_usage_error(run("deconv", "nonet", cat), "unknown model 'nonet'")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "thesis.tex").write_text("precious")
+    assert_usage_error(run("deconv", "alexnet", cat, "--weights", "random", "--out", busy), "not empty", "--force")
+    assert os.listdir(busy) == ["thesis.tex"]
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):  # root ignores permissions
+        pytest.skip("running as root: cannot make an unwritable folder")
+    assert_usage_error(run("deconv", "alexnet", cat, "--weights", "random", "--out", locked / "x"), "locked")
+
+
+def test_console_script_runs_in_a_subprocess(tmp_path, samples_dir):
+    """The installed `vizcnn` entry point, as a user runs it."""
+    exe = os.path.join(os.path.dirname(sys.executable), "vizcnn")
+    done = subprocess.run([exe, "deconv", "lenet5", str(samples_dir / "camera.png"), "--weights", "random",
+                           "--out", str(tmp_path / "o"), "--layer", "c1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    bad = subprocess.run([exe, "layers", "alexnet", "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2

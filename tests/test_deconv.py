@@ -1,0 +1,368 @@
+"""The deconvnet engine: right on every architecture, against independent references."""
+from __future__ import annotations
+
+import copy
+import functools
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_untouched, snapshot
+from torch import nn
+
+import vizcnn
+from vizcnn.deconv import forward_to, top_units
+from vizcnn.errors import BadArgumentError, BadInputError, UnknownNameError
+from vizcnn.models import build_model
+from vizcnn.reference import deconvnet_sequential
+from vizcnn.state import preserved_model
+
+METHODS = ("deconvnet", "guided", "gradient")
+
+
+def image(c: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(1, c, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def strongest_position(model, x, layer, channel):
+    with vizcnn.Extractor(model, [layer]) as ex:
+        ex.run(x)
+    a = ex[layer][0, channel]
+    i = int(a.argmax())
+    return divmod(i, a.shape[-1])
+
+
+@pytest.mark.parametrize("name,layer,size", [
+    ("lenet5", "c3", 32), ("alexnet-2012", "conv5", 131), ("alexnet-2012", "conv2", 99),
+    ("zfnet", "conv5", 131), ("zfnet", "conv2", 99), ("vgg11", "conv4_2", 64),
+])
+def test_rule_engine_equals_explicit_reference(name, layer, size):
+    """Unpool with switches / rectify / transposed filters, written out, agrees with the
+    reverse-rule engine for every method."""
+    model = cached(name)
+    x = image(model_channels(model), size)
+    acts, _ = forward_to(model, x, layer)
+    for channel in top_units(acts[layer].detach(), 2).channel.tolist():
+        pos = strongest_position(model, x, layer, channel)
+        for method in METHODS:
+            engine = vizcnn.project(model, x, layer, channel, pos, method=method)
+            ref = deconvnet_sequential(model, x, layer, channel, pos, method=method)
+            scale = ref.abs().max()
+            assert scale > 0
+            torch.testing.assert_close(engine, ref, atol=1e-5 * scale, rtol=1e-4)
+
+
+@functools.lru_cache(maxsize=None)
+def cached(name: str) -> nn.Module:
+    """Seeded 10-class models, built once per test session; tests only read them."""
+    return build_model(name, num_classes=10).eval()
+
+
+def model_channels(model):
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+
+
+def test_methods_differ_where_they_should():
+    model = cached("alexnet-2012")
+    x = image(3, 99)
+    maps = {m: vizcnn.project(model, x, "conv3", 7, method=m) for m in METHODS}
+    for a, b in [("deconvnet", "gradient"), ("guided", "gradient"), ("deconvnet", "guided")]:
+        assert not torch.allclose(maps[a], maps[b])
+
+
+def test_gradient_method_equals_autograd():
+    model = cached("vgg11")
+    x = image(3, 48).requires_grad_(True)
+    act = model.features[:15](x)  # conv4_2 is the ReLU features.14
+    c, (y, xx) = 11, divmod(int(act[0, 11].argmax()), act.shape[-1])
+    (expected,) = torch.autograd.grad(act[0, c, y, xx] * act[0, c, y, xx].detach(), x)
+    got = vizcnn.project(model, x.detach(), "conv4_2", c, method="gradient")
+    torch.testing.assert_close(got, expected[0])
+
+
+# --- GoogLeNet and ResNet: functional, in-place and reused ReLUs -------------------------
+
+class _HookedReLU(nn.Module):
+    """An independent deconvnet rule: a plain out-of-place ReLU whose module backward hook
+    replaces the gradient by the rectified incoming signal."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_full_backward_hook(lambda m, gin, gout: (gout[0].clamp_min(0),))
+
+    def forward(self, x):
+        return torch.relu(x)
+
+
+def _independent_deconvnet(model: nn.Module) -> nn.Module:
+    """A rewrite of a torchvision GoogLeNet/ResNet in which every ReLU call is its own
+    out-of-place hooked module."""
+    ref = copy.deepcopy(model)
+    from torchvision.models.googlenet import BasicConv2d
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    for m in ref.modules():
+        if isinstance(m, BasicConv2d):
+            m.rule = _HookedReLU()
+            m.forward = types.MethodType(lambda self, x: self.rule(self.bn(self.conv(x))), m)
+        elif isinstance(m, (BasicBlock, Bottleneck)):
+            m.relus = nn.ModuleList([_HookedReLU() for _ in range(3)])
+
+            def forward(self, x):
+                identity = x if self.downsample is None else self.downsample(x)
+                out = self.relus[0](self.bn1(self.conv1(x)))
+                out = self.bn2(self.conv2(out))
+                if isinstance(self, Bottleneck):
+                    out = self.bn3(self.conv3(self.relus[1](out)))
+                return self.relus[2](out + identity)
+
+            m.forward = types.MethodType(forward, m)
+    if hasattr(ref, "relu"):
+        ref.relu = _HookedReLU()
+    return ref
+
+
+@pytest.mark.parametrize("name,layer", [("googlenet", "inception4e"), ("resnet18", "layer3.1"),
+                                        ("resnet50", "layer2.0")])
+def test_deconvnet_on_functional_and_reused_relus(name, layer):
+    model = cached(name)
+    x = image(3, 64)
+    acts, _ = forward_to(model, x, layer)
+    units = top_units(acts[layer].detach(), 3)
+    channels = [int(c) for c in units.channel]
+    deconv = vizcnn.project(model, x, layer, channels, method="deconvnet")
+    grad = vizcnn.project(model, x, layer, channels, method="gradient")
+    assert not torch.allclose(deconv, grad, atol=1e-3 * grad.abs().max())
+
+    ref_model = _independent_deconvnet(model).eval()
+    xr = x.clone().requires_grad_(True)
+    with vizcnn.Extractor(ref_model, [layer], detach=False) as ex:
+        ref_model(xr)
+    out = ex[layer][0]
+    for i, c in enumerate(channels):
+        y, xx = int(units.y[i]), int(units.x[i])
+        (expected,) = torch.autograd.grad(out[c, y, xx], xr, out[c, y, xx].detach(), retain_graph=True)
+        torch.testing.assert_close(deconv[i], expected[0], atol=1e-6 * expected.abs().max(), rtol=1e-4)
+
+
+def test_captum_deconvolution_misses_googlenet_relus():
+    """The peer bug vizcnn exists to fix: captum's Deconvolution on torchvision GoogLeNet is the
+    plain gradient, to the last bit; vizcnn's deconvnet is not."""
+    from captum.attr import Deconvolution, Saliency
+
+    model = cached("googlenet")
+    x = image(3, 64)
+    with pytest.warns(UserWarning):  # captum warns about hooks and requires_grad on every call
+        captum_deconv = Deconvolution(model).attribute(x.clone().requires_grad_(), target=3)
+    captum_grad = Saliency(model).attribute(x.clone().requires_grad_(), target=3, abs=False)
+    assert torch.equal(captum_deconv, captum_grad)
+
+    rules = vizcnn.ReverseRules("deconvnet")
+    xr = x.clone().requires_grad_(True)
+    with rules:
+        logits = model(xr)
+    (ours,) = torch.autograd.grad(logits[0, 3], xr)
+    assert rules.relu_calls == 57  # 3 stem convs + 9 inception blocks × 6 BasicConv2d
+    assert not torch.allclose(ours, captum_grad, atol=1e-3 * captum_grad.abs().max())
+
+
+class _Functional(nn.Module):
+    """Every way a forward can call a ReLU: in-place functional, torch.relu_, Tensor.relu,
+    a module used twice, and an in-place call whose return value is ignored."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3, self.c4 = (nn.Conv2d(3 if i == 0 else 6, 6, 3) for i in range(4))
+        self.shared = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x), inplace=True)
+        x = self.shared(self.c2(x))
+        x = self.shared(F.max_pool2d(x, 2) + 0.1)
+        x = self.c3(x)
+        torch.relu_(x)  # return value ignored: must still act in place
+        return self.c4(x).relu()
+
+
+class _Plain(nn.Module):
+    """The same network with one out-of-place nn.ReLU module per call."""
+
+    def __init__(self, src: _Functional):
+        super().__init__()
+        self.c1, self.c2, self.c3, self.c4 = src.c1, src.c2, src.c3, src.c4
+        self.r = nn.ModuleList(nn.ReLU() for _ in range(5))
+
+    def forward(self, x):
+        x = self.r[0](self.c1(x))
+        x = self.r[1](self.c2(x))
+        x = self.r[2](F.max_pool2d(x, 2) + 0.1)
+        return self.r[4](self.c4(self.r[3](self.c3(x))))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_inplace_and_reused_relus_equal_plain_rewrite(method):
+    torch.manual_seed(0)
+    functional = _Functional().eval()
+    plain = _Plain(functional).eval()
+    x = image(3, 24)
+    for layer in ("c4", "c3"):
+        a = vizcnn.project(functional, x, layer, [0, 2, 5], method=method)
+        b = vizcnn.project(plain, x, layer, [0, 2, 5], method=method)
+        torch.testing.assert_close(a, b)
+    rules = vizcnn.ReverseRules(method)
+    with rules, torch.no_grad():
+        functional(x)
+    assert rules.relu_calls == 5
+
+
+def test_batched_projection_equals_one_by_one_and_picks_the_maximum():
+    model = cached("alexnet-2012")
+    x = image(3, 99)
+    channels = list(range(0, 96, 7))
+    batched = vizcnn.project(model, x, "conv2", channels)
+    for i, c in enumerate(channels):
+        torch.testing.assert_close(batched[i], vizcnn.project(model, x, "conv2", c))
+    # position=None is each channel's argmax (brute force over the recorded map)
+    c = channels[3]
+    torch.testing.assert_close(batched[3], vizcnn.project(model, x, "conv2", c, strongest_position(model, x, "conv2", c)))
+
+
+def test_top_units_equal_brute_force_sort():
+    act = torch.rand(20, 5, 6, generator=torch.Generator().manual_seed(1))
+    act[7, 2, 3] = act[4].max() + 1  # force a known winner
+    got = top_units(act, 6)
+    brute = sorted(((float(act[c].max()), c) for c in range(20)), key=lambda t: (-t[0], t[1]))[:6]
+    assert [int(c) for c in got.channel] == [c for _, c in brute]
+    for i, c in enumerate(got.channel):
+        assert act[c, got.y[i], got.x[i]] == act[c].max()
+
+
+def test_project_top_matches_top_activations():
+    model = cached("zfnet")
+    x = image(3, 99)
+    units, proj = vizcnn.project_top(model, x, "conv3", k=4)
+    again = vizcnn.top_activations(model, x, "conv3", k=4)
+    assert torch.equal(units.channel, again.channel) and proj.shape == (4, 3, 99, 99)
+
+
+def test_lrn_rule_option():
+    model = cached("alexnet-2012")
+    x = image(3, 99)
+    ident = vizcnn.project(model, x, "conv3", 1, lrn="identity")
+    grad = vizcnn.project(model, x, "conv3", 1, lrn="gradient")
+    assert not torch.allclose(ident, grad)
+    with pytest.raises(BadArgumentError, match="lrn"):
+        vizcnn.project(model, x, "conv3", 1, lrn="nope")
+
+
+# --- the user's model is left exactly as it was ------------------------------------------
+
+def _mixed_state(model):
+    model.train()
+    for i, p in enumerate(model.parameters()):
+        p.requires_grad_(i % 3 != 0)
+    return snapshot(model)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x: vizcnn.project(m, x, "layer2", [1, 2]),
+    lambda m, x: vizcnn.project_top(m, x, "layer1.0.relu:1", 3, method="guided"),
+    lambda m, x: vizcnn.top_activations(m, x, "layer3", 2),
+])
+def test_model_untouched_after_success(call):
+    model = build_model("resnet18", num_classes=10)
+    before = _mixed_state(model)
+    call(model, image(3, 64))
+    assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("kwargs,error", [
+    ({"layer": "layer9", "channel": 0}, UnknownNameError),
+    ({"layer": "layer2", "channel": 999}, BadArgumentError),
+    ({"layer": "layer2", "channel": 0, "position": (50, 0)}, BadArgumentError),
+    ({"layer": "layer2", "channel": 0, "method": "lrp"}, BadArgumentError),
+    ({"layer": "layer1.0.relu:5", "channel": 0}, BadArgumentError),
+])
+def test_model_untouched_after_error(kwargs, error):
+    model = build_model("resnet18", num_classes=10)
+    before = _mixed_state(model)
+    with pytest.raises(error):
+        vizcnn.project(model, image(3, 64), **kwargs)
+    assert_untouched(model, before)
+
+
+def test_model_untouched_after_keyboard_interrupt():
+    model = build_model("resnet18", num_classes=10)
+    before = _mixed_state(model)
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    handle = model.layer2.register_forward_hook(interrupt)
+    before["hooks"] += 1
+    with pytest.raises(KeyboardInterrupt):
+        vizcnn.project(model, image(3, 64), "layer3", 0)
+    assert_untouched(model, before)
+    handle.remove()
+
+
+def test_bad_inputs_are_clear_errors():
+    model = cached("alexnet-2012")
+    with pytest.raises(BadInputError, match="NaN"):
+        vizcnn.project(model, torch.full((1, 3, 99, 99), float("nan")), "conv1", 0)
+    with pytest.raises(BadArgumentError, match="one image"):
+        vizcnn.project(model, torch.zeros(2, 3, 99, 99), "conv1", 0)
+    with pytest.raises(BadInputError, match="cannot run on an input of shape"):
+        vizcnn.project(model, torch.zeros(1, 3, 8, 8), "conv5", 0)
+
+
+# --- the extractor -------------------------------------------------------------------------
+
+def test_extractor_records_before_inplace_ops_and_every_call():
+    torch.manual_seed(0)
+    model = _Functional().eval()
+    x = image(3, 24)
+    before = snapshot(model)
+    with vizcnn.Extractor(model, ["c2", "shared", "shared:1", "c3"], switches=True) as ex:
+        ex.run(x)
+    assert_untouched(model, before)
+    c2 = model.c2(F.relu(model.c1(x)))
+    torch.testing.assert_close(ex["c2"], c2)  # not rectified by the in-place ReLU that follows
+    assert (ex["c2"] < 0).any()
+    torch.testing.assert_close(ex["shared"], c2.relu())
+    torch.testing.assert_close(ex["shared:1"], (F.max_pool2d(c2.relu(), 2) + 0.1).relu())
+    assert (ex["c3"] < 0).any()  # torch.relu_ ran on it later, in place
+
+
+def test_extractor_switches_and_cleanup_on_error():
+    model = cached("zfnet")
+    x = image(3, 99)
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with vizcnn.Extractor(model, ["conv1", "features.pool1"], switches=True) as ex:
+            ex.run(x)
+            raise RuntimeError("boom")
+    assert_untouched(model, before)
+    _, idx = F.max_pool2d(ex["conv1"], 3, 2, ceil_mode=True, return_indices=True)
+    assert torch.equal(ex.switches["features.pool1"][0], idx)
+    with preserved_model(model), pytest.raises(UnknownNameError):
+        vizcnn.Extractor(model, ["conv6"])
+
+
+# --- receptive fields -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,layer", [("alexnet-2012", "conv2"), ("zfnet", "conv3"), ("resnet18", "layer2.0")])
+def test_receptive_field_box_contains_the_gradient_support(name, layer):
+    model = cached(name)
+    size = 131
+    info = vizcnn.layer_geometry(model, (3, size, size))[layer]
+    x = image(3, size)
+    for (y, xx) in [(0, 0), (info.shape[1] // 2, info.shape[2] // 3)]:
+        g = vizcnn.project(model, x, layer, 0, (y, xx), method="gradient")
+        support = g.abs().sum(0).nonzero()
+        if len(support) == 0:
+            continue
+        top, bottom, left, right = info.box(y, xx, size, size)
+        assert support[:, 0].min() >= top and support[:, 0].max() < bottom
+        assert support[:, 1].min() >= left and support[:, 1].max() < right

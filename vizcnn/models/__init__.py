@@ -1,0 +1,257 @@
+"""The model zoo: one registry for the classic CNN lineage.
+
+``load_model(name, weights=...)`` returns an ``nn.Module`` in eval mode. Our own
+faithful definitions (LeNet-5, AlexNet-2012, ZFNet) live one file each; the
+torchvision members are built by torchvision, so users' torchvision checkpoints
+load unchanged.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import BadArgumentError, BadInputError, UnknownNameError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SAMPLES_DIR = Path(__file__).resolve().parents[2] / "samples"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the registry knows about one architecture.
+
+    ``published_params`` is the figure quoted in the literature (or torchvision's
+    documentation); ``params`` in ``vizcnn models`` is always computed.
+    Accuracies are ImageNet-1k validation top-1 / top-5 in percent (``None`` where
+    the model is not an ImageNet model).
+    """
+
+    name: str
+    build: Callable[[int], nn.Module]
+    family: str  # lenet | alexnet | vgg | googlenet | resnet: picks the friendly layer names
+    input_size: tuple[int, int, int]  # C, H, W
+    num_classes: int
+    published_params: int
+    top1: float | None
+    top5: float | None
+    source: str
+    tv_name: str | None = None  # torchvision builder whose IMAGENET1K_V1 weights apply
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    sample_weights: dict[str, str] = field(default_factory=dict)  # name -> file in samples/
+
+
+def _tv(name: str, **kwargs) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+
+    return build
+
+
+def _lenet5(num_classes: int) -> nn.Module:
+    from .lenet5 import lenet5
+
+    return lenet5(num_classes=num_classes)
+
+
+def _alexnet2012(groups: int) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
+        from .alexnet2012 import alexnet2012
+
+        return alexnet2012(num_classes=num_classes, groups=groups)
+
+    return build
+
+
+def _zfnet(widths: tuple[int, int, int]) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
+        from .zfnet import zfnet
+
+        return zfnet(num_classes=num_classes, widths=widths)
+
+    return build
+
+
+_TV_ACC = {  # torchvision IMAGENET1K_V1 documentation: params, acc@1, acc@5
+    "alexnet": (61_100_840, 56.522, 79.066),
+    "vgg11": (132_863_336, 69.02, 88.628),
+    "vgg13": (133_047_848, 69.928, 89.246),
+    "vgg16": (138_357_544, 71.592, 90.382),
+    "vgg19": (143_667_240, 72.376, 90.876),
+    "googlenet": (6_624_904, 69.778, 89.53),
+    "resnet18": (11_689_512, 69.758, 89.078),
+    "resnet34": (21_797_672, 73.314, 91.42),
+    "resnet50": (25_557_032, 76.13, 92.862),
+    "resnet101": (44_549_160, 77.374, 93.546),
+    "resnet152": (60_192_808, 78.312, 94.046),
+}
+
+
+def _tv_spec(name: str, family: str, **kwargs) -> ModelSpec:
+    params, top1, top5 = _TV_ACC[name]
+    return ModelSpec(name, _tv(name, **kwargs), family, (3, 224, 224), 1000, params, top1, top5,
+                     f"torchvision {name} (IMAGENET1K_V1)", tv_name=name)
+
+
+MODELS: dict[str, ModelSpec] = {s.name: s for s in [
+    ModelSpec("lenet5", _lenet5, "lenet", (1, 32, 32), 10, 60_000, None, None,
+              "LeCun et al. 1998 (RBF output; 0.95% MNIST test error)",
+              mean=(0.5,), std=(0.5,), sample_weights={"fashion-mnist": "lenet5-fashion-mnist.pt"}),
+    _tv_spec("alexnet", "alexnet"),
+    ModelSpec("alexnet-2012", _alexnet2012(1), "alexnet", (3, 224, 224), 1000, 62_378_344, 59.3, 81.8,
+              "Krizhevsky et al. 2012, ungrouped (one net: 40.7/18.2% error)"),
+    ModelSpec("alexnet-2012-2gpu", _alexnet2012(2), "alexnet", (3, 224, 224), 1000, 60_965_224, 59.3, 81.8,
+              "Krizhevsky et al. 2012, two-GPU grouping"),
+    ModelSpec("zfnet", _zfnet((384, 384, 256)), "alexnet", (3, 224, 224), 1000, 62_357_608, 61.6, 83.5,
+              "Zeiler & Fergus 2014 Fig. 3 (one net: 38.4/16.5% error)"),
+    ModelSpec("zfnet-512", _zfnet((512, 1024, 512)), "alexnet", (3, 224, 224), 1000, 107_627_624, 62.5, 84.0,
+              "Zeiler & Fergus 2014 Table 2, conv3-5 512/1024/512 (37.5/16.0% error)"),
+    *[_tv_spec(n, "vgg") for n in ("vgg11", "vgg13", "vgg16", "vgg19")],
+    _tv_spec("googlenet", "googlenet", aux_logits=False, init_weights=True),
+    *[_tv_spec(n, "resnet") for n in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")],
+]}
+
+
+def list_models() -> list[str]:
+    return list(MODELS)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownNameError("model", name, MODELS) from None
+
+
+def build_model(name: str, num_classes: int | None = None, *, seed: int = 0) -> nn.Module:
+    """Builds ``name`` with seeded random weights, without touching the global RNG."""
+    spec = get_spec(name)
+    num_classes = spec.num_classes if num_classes is None else num_classes
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise BadArgumentError(f"num_classes must be a positive integer, got {num_classes!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = spec.build(num_classes)
+    return model
+
+
+def load_model(name: str, weights: str | os.PathLike | None = "random", *, num_classes: int | None = None,
+               seed: int = 0, device: str | torch.device = "cpu") -> nn.Module:
+    """Returns architecture ``name`` in eval mode on ``device``.
+
+    ``weights``: ``"random"`` (or None: seeded by ``seed``, reproducible), ``"imagenet"``
+    (torchvision's published weights through its weights API: downloaded once into
+    torch's cache, then used offline), the name of a checkpoint shipped in samples/
+    (e.g. ``"fashion-mnist"`` for lenet5), or a path to a state_dict / checkpoint file,
+    always loaded with ``weights_only=True``.
+    """
+    spec = get_spec(name)
+    weights = "random" if weights is None else weights
+    if weights == "imagenet":
+        model = _imagenet_model(spec, num_classes)
+    else:
+        path = None
+        if str(weights) in spec.sample_weights:
+            path = SAMPLES_DIR / spec.sample_weights[str(weights)]
+        elif weights != "random":
+            path = Path(weights)
+            if not path.exists():
+                named = ["random", "imagenet" if spec.tv_name else None, *spec.sample_weights]
+                raise BadInputError(f"weights {str(weights)!r} for {name}: no such file, and not one of "
+                                    f"{', '.join(n for n in named if n)}")
+        model = build_model(name, num_classes, seed=seed)
+        if path is not None:
+            load_checkpoint(model, path)
+    return model.eval().to(device)
+
+
+def _imagenet_model(spec: ModelSpec, num_classes: int | None) -> nn.Module:
+    if spec.tv_name is None:
+        raise BadArgumentError(f"{spec.name} has no published ImageNet weights; use --weights random, "
+                               f"a checkpoint file{', or ' + ', '.join(spec.sample_weights) if spec.sample_weights else ''}")
+    if num_classes not in (None, 1000):
+        raise BadArgumentError(f"ImageNet weights have 1000 classes, not num_classes={num_classes}")
+    import torchvision
+
+    w = torchvision.models.get_model_weights(spec.tv_name)["IMAGENET1K_V1"]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
+    model = build_model(spec.name)
+    try:
+        state = w.get_state_dict(progress=True, check_hash=True)
+    except Exception as e:  # urllib / ssl / socket errors when offline, hash errors
+        raise BadInputError(f"cannot get ImageNet weights for {spec.name}: no cached copy at {cached} and the "
+                            f"download from {w.url} failed ({type(e).__name__}); connect once, copy the file "
+                            f"there, or use --weights random or a checkpoint file") from None
+    model.load_state_dict(state)
+    return model
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Reads a state_dict or a checkpoint dict holding one, with ``weights_only=True``.
+
+    A file whose pickle would run code, a truncated file or a non-checkpoint is a
+    ``BadInputError``; nothing in the file is ever executed.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise BadInputError(f"weights {path}: is a directory, not a checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            reason = "it holds Python objects other than tensors (refused: loading it could run code)"
+        raise BadInputError(f"cannot load weights {path}: {reason[:300]}") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise BadInputError(f"cannot load weights {path}: not a state_dict (a dict of tensors)")
+    return obj
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+    """Loads ``path`` into ``model``; a key or shape mismatch lists the offending keys."""
+    state = read_checkpoint(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if keys:
+                parts.append(f"{label} ({len(keys)}): {', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''}")
+        raise BadInputError(f"weights {path} do not fit {type(model).__name__}: {'; '.join(parts)}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise BadInputError(f"weights {path} hold NaN or Inf in {', '.join(bad[:6])}")
+    model.load_state_dict(state)
+
+
+def class_names(name: str, num_classes: int | None = None) -> list[str] | None:
+    """Class names where they are known: ImageNet's (shipped with torchvision) for
+    1000-class ImageNet architectures, Fashion-MNIST's for lenet5's sample weights."""
+    spec = get_spec(name)
+    n = spec.num_classes if num_classes is None else num_classes
+    if n == 1000 and spec.input_size[0] == 3:
+        from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+        return list(_IMAGENET_CATEGORIES)
+    if spec.name == "lenet5" and n == 10:
+        return list(FASHION_MNIST_CLASSES)
+    return None
+
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

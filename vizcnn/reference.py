@@ -1,0 +1,93 @@
+"""The deconvnet written out step by step, as Zeiler & Fergus describe it (§2.1, Fig. 1).
+
+For plain sequential models (LeNet-5, the AlexNet family, ZFNet, VGG ``features``):
+forward, recording each max-pool's switches; then from the chosen activation down:
+unpool with the switches, rectify, filter with the transposed filters. This is the
+readable reference the rule-based engine (``vizcnn.rules``) is tested against; the
+engine is what vizcnn uses, because it works on any graph.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import BadArgumentError
+from .layers import resolve_layer
+from .models.lenet5 import ConnectionTableConv2d, ScaledTanh, Subsampling
+
+
+def sequential_layers(model: nn.Module) -> tuple[str, list[tuple[str, nn.Module]]]:
+    """The (prefix, [(name, module)]) chain a sequential model runs, in order."""
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential):
+        return "features.", list(features.named_children())
+    return "", list(model.named_children())
+
+
+def _unpool(r: torch.Tensor, switches: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    # Overlapping pools send several windows to one location: the reconstructions add.
+    n, c = r.shape[:2]
+    out = torch.zeros(n, c, size[-2] * size[-1], dtype=r.dtype)
+    return out.scatter_add_(2, switches.flatten(2), r.flatten(2)).view(n, c, *size[-2:])
+
+
+def _transposed_conv(r: torch.Tensor, weight: torch.Tensor, m, size: torch.Size) -> torch.Tensor:
+    stride, padding, dilation = m.stride, m.padding, getattr(m, "dilation", (1, 1))
+    k = weight.shape[-2:]
+    extra = [size[-2 + i] - ((r.shape[-2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k[i] - 1) + 1)
+             for i in range(2)]
+    return F.conv_transpose2d(r, weight, None, stride, padding, extra, getattr(m, "groups", 1), dilation)
+
+
+@torch.no_grad()
+def deconvnet_sequential(model: nn.Module, x: torch.Tensor, layer: str, channel: int, position: tuple[int, int],
+                         *, method: str = "deconvnet") -> torch.Tensor:
+    """Projects activation (channel, y, x) of ``layer`` to the input of a sequential model.
+
+    x: (1, C, H, W). Returns (C, H, W). ``method`` selects the ReLU rule (deconvnet,
+    guided or gradient); contrast normalization passes as the identity.
+    """
+    path, _ = resolve_layer(model, layer)
+    prefix, chain = sequential_layers(model)
+    names = [prefix + n for n, _ in chain]
+    if path not in names:
+        raise BadArgumentError(f"{layer!r} is not in the sequential chain of {type(model).__name__}")
+    chain = chain[: names.index(path) + 1]
+
+    inputs, switches = [], {}
+    h = x
+    for i, (_, m) in enumerate(chain):
+        inputs.append(h)
+        if isinstance(m, nn.MaxPool2d):
+            h, switches[i] = F.max_pool2d(h, m.kernel_size, m.stride, m.padding, m.dilation,
+                                          ceil_mode=m.ceil_mode, return_indices=True)
+        else:
+            h = m(h)
+
+    y, x_ = position
+    r = torch.zeros_like(h)
+    r[0, channel, y, x_] = h[0, channel, y, x_]
+    for i in reversed(range(len(chain))):
+        m, f = chain[i][1], inputs[i]
+        if isinstance(m, nn.ReLU):
+            if method in ("guided", "gradient"):
+                r = r * (f > 0)
+            if method in ("guided", "deconvnet"):
+                r = r.clamp_min(0)
+        elif isinstance(m, nn.MaxPool2d):
+            r = _unpool(r, switches[i], f.shape)
+        elif isinstance(m, nn.Conv2d):
+            r = _transposed_conv(r, m.weight, m, f.shape)
+        elif isinstance(m, ConnectionTableConv2d):
+            r = _transposed_conv(r, m.full_weight, m, f.shape)
+        elif isinstance(m, Subsampling):  # sum of each 2×2 block × coefficient: its transpose copies back
+            r = (r * m.weight.view(1, -1, 1, 1)).repeat_interleave(2, -2).repeat_interleave(2, -1)
+            r = F.pad(r, (0, f.shape[-1] - r.shape[-1], 0, f.shape[-2] - r.shape[-2]))
+        elif isinstance(m, ScaledTanh):  # not a rectifier: its own derivative
+            r = r * 1.7159 * (2 / 3) * (1 - torch.tanh(2 * f / 3) ** 2)
+        elif isinstance(m, (nn.LocalResponseNorm, nn.Dropout, nn.Identity)):
+            pass
+        else:
+            raise BadArgumentError(f"the sequential reference has no reverse step for {type(m).__name__}")
+    return r[0]

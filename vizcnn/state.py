@@ -1,0 +1,26 @@
+"""Guarding the user's model: whatever vizcnn does, the model comes back as it was."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+
+@contextmanager
+def preserved_model(model: nn.Module) -> Iterator[nn.Module]:
+    """Restores every module's train/eval mode and every parameter's requires_grad flag
+    on exit, normal or not (KeyboardInterrupt included).
+
+    vizcnn never writes to parameters or buffers and removes its hooks in ``finally``
+    blocks of its own; this guard covers the flags it has to change on the way.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad in flags:
+            p.requires_grad_(requires_grad)
