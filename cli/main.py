@@ -38,7 +38,18 @@ def main() -> None:
     cli(prog_name="vizcnn")
 
 
-from . import deconv, zoo  # noqa: E402,F401  (each registers its subcommands on `cli`)
+def _register_subcommands() -> None:
+    """Every other module of this package defines subcommands on ``cli`` when imported."""
+    import importlib
+    import pkgutil
+
+    package = importlib.import_module(__package__)
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in ("main", "options"):
+            importlib.import_module(f"{__package__}.{info.name}")
+
+
+_register_subcommands()
 
 
 if __name__ == "__main__":
