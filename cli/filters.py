@@ -1,0 +1,56 @@
+"""``vizcnn filters MODEL``: a convolution's filters, their spectra and aliasing, from the weights alone."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .main import cli
+from .options import (default_weights, echo_summary, force_option, json_option, model_argument, out_option,
+                      seed_option, weights_option)
+
+
+@cli.command()
+@model_argument
+@click.option("--layer", default=None, metavar="NAME",
+              help="Convolution to analyse (friendly name, module path, or a block holding one convolution); "
+                   "default: the model's first convolution. See `vizcnn layers MODEL`.")
+@click.option("--fft-size", "size", default=None, type=int, metavar="N",
+              help="FFT size of each spectrum (default 64, or more for kernels over 32 px).")
+@weights_option
+@seed_option
+@out_option
+@force_option
+@json_option
+def filters(model, layer, size, weights, seed, out, force, as_json):
+    """Analyse the filters of one convolution (default: the first) from the weights alone.
+
+    Writes filters.png (each filter scaled to its own range, RGB for 3 input channels),
+    spectra.png (each filter's power spectrum with the stride's Nyquist square),
+    spectra_summary.png (dominant frequencies by band, aliasing fraction and structure
+    per filter) and summary.json (the layer's numbers and one entry per filter).
+    Frequencies are in cycles/pixel; the aliasing fraction is the share of a filter's
+    energy outside |fx|, |fy| <= 1/(2 stride), which the strided convolution folds back.
+    """
+    from vizcnn.imageio import safe_filename
+    from vizcnn.models import load_model
+    from vizcnn.output import OutputDir
+    from vizcnn.render_filters import write_filters
+    from vizcnn.spectra import conv_filters, fft_size
+
+    weights = default_weights(model, weights)
+    net = load_model(model, weights, seed=seed, device="cpu")
+    conv = conv_filters(net, layer)  # a bad layer or FFT size fails here, before the folder is made
+    fft_size(tuple(conv.weight.shape[-2:]), size)
+    default_out = Path("vizcnn-out") / f"filters-{model}-{safe_filename(conv.name)}"
+    folder = OutputDir(out or default_out, "filters", force=force)
+    summary = write_filters(folder, net, model, layer, size=size,
+                            extra={"weights": str(weights), "seed": seed if weights == "random" else None})
+    af, bands = summary["alias_fraction"], summary["bands"]["fractions"]
+    echo_summary(summary, as_json,
+                 f"{model} {summary['layer']} ({summary['module']}): {summary['filters']} filters, "
+                 f"stride {summary['stride'][0]}; "
+                 f"aliasing fraction median {af['median']:.2f} (white noise {af['noise_expected']:.2f}); "
+                 f"peaks low/mid/high {bands['low']:.0%}/{bands['mid']:.0%}/{bands['high']:.0%}; "
+                 f"{summary['structure']['unstructured']} without spatial structure\n"
+                 f"wrote {len(summary['files'])} files to {folder.root}")
