@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .errors import BadArgumentError, BadInputError
-from .extract import StopForward
+from .extract import StopForward, run_until_stopped
 from .layers import resolve_layer
 from .rules import ReverseRules
 from .state import preserved_model
@@ -77,12 +77,7 @@ def forward_to(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str],
     handles = [modules[path].register_forward_hook(hook(path)) for path in seen]
     try:
         with torch.enable_grad(), (rules or ReverseRules("gradient")):
-            model(x)
-    except StopForward:
-        pass
-    except RuntimeError as e:  # shape errors from inputs the model cannot take
-        raise BadInputError(f"{type(model).__name__} cannot run on an input of shape {tuple(x.shape)}: "
-                            f"{str(e).strip().splitlines()[0][:200]}") from None
+            run_until_stopped(model, x)
     finally:
         for h in handles:
             h.remove()

@@ -7,12 +7,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import BadInputError
 from .layers import resolve_layer
 from .state import preserved_model
 
 
 class StopForward(Exception):
     """Raised from a forward hook to end a forward pass once the layers needed have run."""
+
+
+def run_until_stopped(model: nn.Module, x: torch.Tensor) -> None:
+    """Calls ``model(x)``; a ``StopForward`` from a hook ends it quietly, and a
+    RuntimeError (an input the model cannot take: wrong size, channels, dtype) becomes
+    a one-line ``BadInputError``."""
+    try:
+        model(x)
+    except StopForward:
+        pass
+    except RuntimeError as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BadInputError(f"{type(model).__name__} cannot run on an input of shape {tuple(x.shape)}: "
+                            f"{reason}") from None
 
 
 class Extractor:
@@ -117,9 +132,7 @@ class Extractor:
         self._stop_early = stop
         try:
             with torch.no_grad():
-                self.model(x)
-        except StopForward:
-            pass
+                run_until_stopped(self.model, x)
         finally:
             self._stop_early = False
         return dict(self.outputs)
