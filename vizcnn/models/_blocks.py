@@ -42,7 +42,7 @@ def paper_lrn() -> nn.LocalResponseNorm:
     return nn.LocalResponseNorm(size=5, alpha=5e-4, beta=0.75, k=2.0)
 
 
-def classifier(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
+def classifier(in_features: int, num_classes: int, dropout: float, *, hidden: int = HIDDEN_FEATURES) -> nn.Sequential:
     """The shared head ``drop6, fc6, relu6, drop7, fc7, relu7, fc8``.
 
     Maps ``(N, in_features)`` to ``(N, num_classes)`` logits. Dropout sits before
@@ -51,12 +51,12 @@ def classifier(in_features: int, num_classes: int, dropout: float) -> nn.Sequent
     return nn.Sequential(
         OrderedDict(
             drop6=nn.Dropout(dropout),
-            fc6=nn.Linear(in_features, HIDDEN_FEATURES),
+            fc6=nn.Linear(in_features, hidden),
             relu6=nn.ReLU(inplace=False),
             drop7=nn.Dropout(dropout),
-            fc7=nn.Linear(HIDDEN_FEATURES, HIDDEN_FEATURES),
+            fc7=nn.Linear(hidden, hidden),
             relu7=nn.ReLU(inplace=False),
-            fc8=nn.Linear(HIDDEN_FEATURES, num_classes),
+            fc8=nn.Linear(hidden, num_classes),
         )
     )
 

@@ -61,7 +61,15 @@ def _out_size(size: int, kernel: int, stride: int, padding: int = 0, ceil_mode: 
     return out
 
 
-def zfnet_map_sizes(conv1: tuple[int, int] = (7, 2), input_size: int = INPUT_SIZE) -> dict[str, int]:
+def conv2_stride_for(conv1_stride: int) -> int:
+    """conv2's stride that keeps layer 2's map near the published 13² after pooling:
+    ZFNet's conv2 is strided (2) because its conv1 stride is only 2; AlexNet's
+    stride-4 conv1 needs none (1)."""
+    return 1 if conv1_stride >= 4 else 2
+
+
+def zfnet_map_sizes(conv1: tuple[int, int] = (7, 2), input_size: int = INPUT_SIZE,
+                    conv2_stride: int = 2) -> dict[str, int]:
     """Side of each stage's square output map for a ``conv1=(kernel, stride)`` design.
 
     Keys ``conv1, pool1, conv2, pool2, conv3, conv4, conv5, pool5`` (pixels).
@@ -73,7 +81,7 @@ def zfnet_map_sizes(conv1: tuple[int, int] = (7, 2), input_size: int = INPUT_SIZ
     stages = (
         ("conv1", kernel, stride, conv1_padding(kernel, stride), False),
         ("pool1", 3, 2, 0, True),
-        ("conv2", 5, 2, 0, False),
+        ("conv2", 5, conv2_stride, 2 if conv2_stride == 1 else 0, False),
         ("pool2", 3, 2, 0, True),
         ("conv3", 3, 1, 1, False),
         ("conv4", 3, 1, 1, False),
@@ -123,6 +131,10 @@ class ZFNet(nn.Module):
         widths: tuple[int, int, int] = (384, 384, 256),
         conv1: tuple[int, int] = (7, 2),
         dropout: float = 0.5,
+        channels: tuple[int, int] = (96, 256),
+        hidden: int = 4096,
+        input_size: int = INPUT_SIZE,
+        conv2_stride: int = 2,
     ) -> None:
         super().__init__()
         check_positive_int("num_classes", num_classes)
@@ -130,19 +142,20 @@ class ZFNet(nn.Module):
         kernel, stride = _check_conv1(conv1)
         dropout = check_dropout(dropout)
         self.widths = (w3, w4, w5)
-        self.map_sizes = zfnet_map_sizes((kernel, stride))
+        c1, c2 = (check_positive_int(f"conv{i + 1} channels", c) for i, c in enumerate(channels))
+        self.map_sizes = zfnet_map_sizes((kernel, stride), input_size, conv2_stride)
 
         self.features = nn.Sequential(
             OrderedDict(
-                conv1=nn.Conv2d(3, 96, kernel_size=kernel, stride=stride, padding=conv1_padding(kernel, stride)),
+                conv1=nn.Conv2d(3, c1, kernel_size=kernel, stride=stride, padding=conv1_padding(kernel, stride)),
                 relu1=nn.ReLU(inplace=False),
                 pool1=nn.MaxPool2d(**_POOL),
                 norm1=paper_lrn(),
-                conv2=nn.Conv2d(96, 256, kernel_size=5, stride=2, padding=0),
+                conv2=nn.Conv2d(c1, c2, kernel_size=5, stride=conv2_stride, padding=2 if conv2_stride == 1 else 0),
                 relu2=nn.ReLU(inplace=False),
                 pool2=nn.MaxPool2d(**_POOL),
                 norm2=paper_lrn(),
-                conv3=nn.Conv2d(256, w3, kernel_size=3, padding=1),
+                conv3=nn.Conv2d(c2, w3, kernel_size=3, padding=1),
                 relu3=nn.ReLU(inplace=False),
                 conv4=nn.Conv2d(w3, w4, kernel_size=3, padding=1),
                 relu4=nn.ReLU(inplace=False),
@@ -152,7 +165,7 @@ class ZFNet(nn.Module):
             )
         )
         in_features = w5 * self.map_sizes["pool5"] ** 2
-        self.classifier = classifier(in_features, num_classes, dropout)
+        self.classifier = classifier(in_features, num_classes, dropout, hidden=hidden)
         # "weights initialized to 1e-2 and biases set to 0" (sec. 3).
         init_gaussian_(self, std=0.01)
 
@@ -169,13 +182,20 @@ def zfnet(
     widths: tuple[int, int, int] = (384, 384, 256),
     conv1: tuple[int, int] = (7, 2),
     dropout: float = 0.5,
+    channels: tuple[int, int] = (96, 256),
+    hidden: int = 4096,
+    input_size: int = INPUT_SIZE,
+    conv2_stride: int = 2,
 ) -> ZFNet:
     """Build ZFNet with the paper's init.
 
     ``widths=(512, 1024, 512)`` is the paper's wider variant. ``conv1=(kernel, stride)``
     swaps the first layer's design (padding from :func:`conv1_padding`); the
     classifier's input size follows from :func:`zfnet_map_sizes`.
+    ``channels`` (conv1, conv2), ``hidden`` (fc6/fc7), ``input_size`` and ``conv2_stride``
+    let the first-layer study train narrower, smaller versions of the same design.
     Raises :class:`~vizcnn.errors.BadArgumentError` for bad values, including a
-    ``conv1`` that shrinks the 224 input below some layer's window.
+    ``conv1`` that shrinks the input below some layer's window.
     """
-    return ZFNet(num_classes=num_classes, widths=widths, conv1=conv1, dropout=dropout)
+    return ZFNet(num_classes=num_classes, widths=widths, conv1=conv1, dropout=dropout, channels=channels,
+                 hidden=hidden, input_size=input_size, conv2_stride=conv2_stride)
