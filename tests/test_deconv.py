@@ -366,3 +366,27 @@ def test_receptive_field_box_contains_the_gradient_support(name, layer):
         top, bottom, left, right = info.box(y, xx, size, size)
         assert support[:, 0].min() >= top and support[:, 0].max() < bottom
         assert support[:, 1].min() >= left and support[:, 1].max() < right
+
+
+@pytest.mark.parametrize("name,layer", [("alexnet-2012", "conv2"), ("zfnet", "conv2"), ("resnet18", "layer1.1"),
+                                        ("googlenet", "maxpool2"), ("vgg11", "conv3_1")])
+def test_cropped_projection_equals_whole_image(name, layer):
+    """Projecting through a crop around the receptive field (the fast path for low layers)
+    gives the whole-image projection, at the borders (zero padding, ceil-mode pools) too."""
+    from vizcnn.deconv import Activations, backproject, backproject_cropped
+
+    model = cached(name)
+    x = image(3, 131)
+    info = vizcnn.layer_geometry(model, (3, 131, 131))[layer]
+    _, hh, ww = info.shape
+    ys = torch.tensor([0, hh - 1, hh // 2, 0, hh - 1])
+    xs = torch.tensor([0, ww - 1, ww // 3, ww - 1, 0])
+    rules = vizcnn.ReverseRules("deconvnet")
+    with torch.no_grad():
+        acts, _ = forward_to(model, x, layer)
+    act = acts[layer]
+    units = Activations(torch.tensor([0, 1, 2, 3, 4]), ys, xs, act[[0, 1, 2, 3, 4], ys, xs] + 1.0)
+    cropped = backproject_cropped(model, x, layer, units, info, rules)
+    acts, leaf = forward_to(model, x, layer, rules)
+    whole = backproject(acts[layer], leaf, units)
+    torch.testing.assert_close(cropped, whole, atol=1e-6 * whole.abs().max(), rtol=1e-5)

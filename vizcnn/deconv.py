@@ -14,7 +14,7 @@ from torch import nn
 
 from .errors import BadArgumentError, BadInputError
 from .extract import StopForward, run_until_stopped
-from .layers import resolve_layer
+from .layers import LayerInfo, layer_geometry, resolve_layer
 from .rules import ReverseRules
 from .state import preserved_model
 
@@ -48,12 +48,14 @@ def check_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def forward_to(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str],
-               rules: ReverseRules | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+               rules: ReverseRules | None = None, *, batched: bool = False
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Runs ``model`` on ``x`` until every layer in ``layers`` has produced its output, and
     stops there (one forward for any number of layers).
 
     Returns ({layer: its output for the image, (C, H, W) or (D,)}, the input leaf that
-    requires grad). Call inside ``preserved_model``: the model is set to eval.
+    requires grad); with ``batched`` the outputs keep the batch dimension. Call inside
+    ``preserved_model``: the model is set to eval.
     """
     names = [layers] if isinstance(layers, str) else list(layers)
     targets = {name: resolve_layer(model, name) for name in names}
@@ -68,7 +70,7 @@ def forward_to(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str],
             seen[path].append(out[0] if isinstance(out, (tuple, list)) else out)
             for name, (p, call) in targets.items():
                 if p == path and call == len(seen[path]) - 1:
-                    found[name] = seen[path][call][0]
+                    found[name] = seen[path][call] if batched else seen[path][call][0]
             if len(found) == len(targets):
                 raise StopForward
         return record
@@ -133,6 +135,68 @@ def backproject(act: torch.Tensor, x: torch.Tensor, units: Activations, *, chunk
     return torch.cat(out)
 
 
+#: Project through a crop of the input when the units' receptive field covers less than
+#: this fraction of the image: below it, the smaller forward and backward pay for the
+#: extra (batched) forward over the crops.
+CROP_BELOW = 0.25
+
+
+def _windows(info: LayerInfo, units: Activations, height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """For each unit, the input window (top, bottom, left, right) that holds its receptive
+    field and starts on a multiple of the layer's jump, so the crop's grid of units lines
+    up with the image's at every layer. Windows at the border end at the border, where
+    the model's own padding applies as it does on the whole image."""
+    windows = []
+    for y, x in zip(units.y.tolist(), units.x.tolist()):
+        top, bottom, left, right = info.box(y, x, height, width)
+        top, left = top - top % info.jump[0], left - left % info.jump[1]
+        windows.append((top, bottom, left, right))
+    return windows
+
+
+def backproject_cropped(model: nn.Module, x: torch.Tensor, layer: str, units: Activations, info: LayerInfo,
+                        rules: ReverseRules) -> torch.Tensor:
+    """The same projections as :func:`backproject`, computed on crops of the input around
+    each unit's receptive field: one batched forward and backward per crop size instead
+    of a backward over the whole image. Exact: a unit depends on nothing outside its
+    receptive field, and each crop starts on the unit grid.
+    """
+    h, w = x.shape[-2:]
+    windows = _windows(info, units, h, w)
+    out = torch.zeros((len(units), *x.shape[1:]), dtype=x.dtype, device=x.device)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (t, b, l_, r) in enumerate(windows):
+        groups.setdefault((b - t, r - l_), []).append(i)
+    for index in groups.values():
+        crops = torch.cat([x[:, :, windows[i][0]:windows[i][1], windows[i][2]:windows[i][3]] for i in index])
+        crops = crops.detach().requires_grad_(True)
+        acts, leaf = forward_to(model, crops, layer, rules, batched=True)
+        act = acts[layer]
+        n = torch.arange(len(index), device=x.device)
+        ys = units.y[index] - torch.tensor([windows[i][0] // info.jump[0] for i in index], device=x.device)
+        xs = units.x[index] - torch.tensor([windows[i][2] // info.jump[1] for i in index], device=x.device)
+        seeds = torch.zeros_like(act)
+        seeds[n, units.channel[index], ys, xs] = units.value[index].detach()
+        (grad,) = torch.autograd.grad(act, leaf, seeds)
+        for j, i in enumerate(index):
+            t, b, l_, r = windows[i]
+            out[i, :, t:b, l_:r] = grad[j]
+    return out
+
+
+def _project(model: nn.Module, x: torch.Tensor, layer: str, act: torch.Tensor, leaf: torch.Tensor,
+             units: Activations, rules: ReverseRules) -> torch.Tensor:
+    """Projections of ``units`` of ``layer``: through crops when their receptive field is
+    small against the image (see :data:`CROP_BELOW`), else in batched backward passes
+    over the graph of the forward that found them."""
+    h, w = x.shape[-2:]
+    if act.dim() == 3 and len(units) > 0:
+        info = layer_geometry(model, tuple(x.shape[1:]))[layer]
+        if info.rf[0] * info.rf[1] < CROP_BELOW * h * w:
+            return backproject_cropped(model, x.to(leaf.device), layer, units, info, rules)
+    return backproject(act, leaf, units)
+
+
 def _units(act: torch.Tensor, channel, position) -> tuple[Activations, bool]:
     single = isinstance(channel, int)
     channels = [channel] if single else list(channel)
@@ -171,7 +235,7 @@ def project(model: nn.Module, x: torch.Tensor, layer: str, channel: int | Sequen
         acts, leaf = forward_to(model, x, layer, rules)
         act = acts[layer]
         units, single = _units(act, channel, position)
-        proj = backproject(act, leaf, units)
+        proj = _project(model, x, layer, act, leaf, units, rules)
     return proj[0] if single else proj
 
 
@@ -185,7 +249,7 @@ def project_top(model: nn.Module, x: torch.Tensor, layer: str, k: int = 9, *, me
         acts, leaf = forward_to(model, x, layer, rules)
         act = acts[layer]
         units = top_units(act, k)
-        proj = backproject(act, leaf, units)
+        proj = _project(model, x, layer, act, leaf, units, rules)
     return units, proj
 
 

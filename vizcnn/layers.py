@@ -209,9 +209,7 @@ def layer_geometry(model: nn.Module, input_size: tuple[int, int, int], *,
         original = next(iter(model.parameters()), None)
         probe = model
         if device == "meta" and original is not None and original.device.type != "meta":
-            import copy
-
-            probe = copy.deepcopy(model).to("meta")
+            probe = meta_copy(model)
         handles = [m.register_forward_hook(hook(p, m)) for p, m in probe.named_modules() if p]
         try:
             with torch.no_grad(), mode:
@@ -228,6 +226,17 @@ def layer_geometry(model: nn.Module, input_size: tuple[int, int, int], *,
         if path in records:
             records[friendly] = LayerInfo(friendly, path, *list(vars(records[path]).values())[2:])
     return records
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers live on the meta device: the
+    structure without the weights, made without copying any weight data."""
+    import copy
+
+    memo = {id(t): (nn.Parameter(torch.empty_like(t, device="meta"), t.requires_grad)
+                    if isinstance(t, nn.Parameter) else torch.empty_like(t, device="meta"))
+            for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo)
 
 
 def conv_layers(model: nn.Module) -> list[str]:
