@@ -1,0 +1,117 @@
+"""``vizcnn saliency`` and ``vizcnn sanity``: saliency maps of one image and their sanity checks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .main import cli
+from .options import (default_weights, device_option, echo_summary, force_option, image_argument, json_option,
+                      model_argument, out_option, seed_option, weights_option)
+
+METHODS = ("gradient", "deconvnet", "guided", "integrated-gradients", "smoothgrad", "gradcam", "occlusion")
+
+target_option = click.option("--target", type=click.IntRange(min=0), default=None, metavar="N",
+                             help="Class index to explain (default: the top prediction).")
+steps_option = click.option("--steps", default=50, show_default=True, type=click.IntRange(min=1),
+                            help="Integrated-gradients steps and SmoothGrad samples.")
+
+
+def _load(model, image, weights, seed, device):
+    from vizcnn.inputs import load_input
+    from vizcnn.models import class_names, get_spec, load_model
+    from vizcnn.reports import resolve_device
+
+    spec = get_spec(model)
+    weights = default_weights(model, weights)
+    dev = resolve_device(device)
+    shown, x = load_input(image, spec)
+    net = load_model(model, weights, seed=seed, device=dev)
+    extra = {"weights": str(weights), "image": str(image), "device": str(dev)}
+    return net, shown, x.to(dev), class_names(model), extra
+
+
+@cli.command()
+@model_argument
+@image_argument
+@click.option("--method", type=click.Choice([*METHODS, "all"]), default="gradient", show_default=True,
+              help="Saliency method; all: every method, plus a side-by-side panel.")
+@target_option
+@click.option("--layer", default=None, metavar="NAME",
+              help="Grad-CAM layer (default: the last conv feature map). See `vizcnn layers MODEL`.")
+@steps_option
+@weights_option
+@seed_option
+@device_option
+@out_option
+@force_option
+@json_option
+def saliency(model, image, method, target, layer, steps, weights, seed, device, out, force, as_json):
+    """Saliency maps: which pixels of IMAGE the class score depends on.
+
+    Writes METHOD_map.png (the map with a colour bar) and METHOD_overlay.png for each
+    method, panel.png for --method all, and summary.json (target class, probability,
+    map statistics).
+    """
+    from vizcnn.output import OutputDir
+    from vizcnn.saliency import write_saliency
+
+    from vizcnn.errors import BadArgumentError
+
+    methods = list(METHODS) if method == "all" else [method]
+    if layer is not None and "gradcam" not in methods:
+        raise BadArgumentError(f"--layer applies to --method gradcam (or all), not {method}")
+    net, shown, x, names, extra = _load(model, image, weights, seed, device)
+    folder = OutputDir(out or Path("vizcnn-out") / f"saliency-{model}-{Path(image).stem}", "saliency", force=force)
+    summary = write_saliency(folder, net, model, shown, x, methods=methods, target=target, layer=layer,
+                             names=names, extra=extra, steps=steps, samples=steps)
+    echo_summary(summary, as_json, f"{summary['class_name']} (class {summary['target']}, "
+                                   f"p = {summary['probability']:.3g}): wrote {len(summary['files'])} files "
+                                   f"to {folder.root}")
+
+
+@cli.command()
+@model_argument
+@image_argument
+@click.option("--methods", "methods", default="gradient,guided,deconvnet,integrated-gradients,smoothgrad,gradcam",
+              show_default=True, metavar="M1,M2,...",
+              help=f"Comma-separated saliency methods, from: {', '.join(METHODS)}.")
+@target_option
+@click.option("--layer", default=None, metavar="NAME", help="Grad-CAM layer (default: the last conv feature map).")
+@steps_option
+@weights_option
+@seed_option
+@device_option
+@out_option
+@force_option
+@json_option
+def sanity(model, image, methods, target, layer, steps, weights, seed, device, out, force, as_json):
+    """Sanity checks (Adebayo et al. 2018): cascading randomization of the model's layers.
+
+    On a copy of the model, re-initialises the layers from the classifier down, one
+    at a time, recomputes each method's map for the same class and compares it with
+    the original (Spearman rank correlation, SSIM). A method passes when the rank
+    correlation of its signed attribution with the original falls below 0.5 once
+    the top half of the layers is random (summary.json states the rule). Writes
+    sanity_maps.png, sanity_curves.png and summary.json.
+    """
+    from vizcnn.output import OutputDir
+    from vizcnn.sanity import write_sanity
+
+    from vizcnn.errors import BadArgumentError
+
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in chosen if m not in METHODS]
+    if bad or not chosen:
+        raise BadArgumentError(f"unknown saliency method {(bad or [methods])[0]!r} in --methods; "
+                               f"choose from {', '.join(METHODS)}")
+    if layer is not None and "gradcam" not in chosen:
+        raise BadArgumentError("--layer applies to gradcam; add it to --methods")
+    net, shown, x, names, extra = _load(model, image, weights, seed, device)
+    folder = OutputDir(out or Path("vizcnn-out") / f"sanity-{model}-{Path(image).stem}", "sanity", force=force)
+    summary = write_sanity(folder, net, model, shown, x, methods=chosen, target=target, layer=layer, names=names,
+                           extra=extra, steps=steps, samples=steps,
+                           on_step=lambda i, n, label: click.echo(f"  step {i}/{n}: re-initialised {label}", err=True))
+    passed = [m for m, v in summary["verdicts"].items() if v["passes"]]
+    echo_summary(summary, as_json, f"passes: {', '.join(passed) or 'none'}; "
+                                   f"wrote {len(summary['files'])} files to {folder.root}")

@@ -1,0 +1,582 @@
+"""Saliency maps: which pixels of one image the score of one class depends on.
+
+``saliency(model, x, method)`` returns a :class:`SaliencyResult` for one image:
+
+=======================  ==============================================================
+method                   what is computed
+=======================  ==============================================================
+gradient                 Simonyan et al. 2013: ∂ logit_c / ∂ x, the gradient of the
+                         *unnormalised* class score (the logit, not the softmax).
+deconvnet                Zeiler & Fergus 2014: the same backward with the deconvnet rule
+                         R · 1(R > 0) at every ReLU (``vizcnn.rules.ReverseRules``).
+guided                   Springenberg et al. 2014: guided backprop, R · 1(f > 0) · 1(R > 0).
+integrated-gradients     Sundararajan et al. 2017: (x − x₀) · ∫₀¹ ∂ logit_c(x₀ + α(x − x₀)) dα,
+                         Gauss–Legendre quadrature with ``steps`` nodes, batched.
+smoothgrad               Smilkov et al. 2017: the gradient averaged over ``samples`` copies
+                         of x with Gaussian noise of std ``noise`` × (max x − min x).
+gradcam                  Selvaraju et al. 2017: ReLU(Σ_k mean_ij(∂ logit_c/∂A_k) · A_k) at a
+                         conv layer (the last conv feature map by default), upsampled
+                         bilinearly to the input size.
+occlusion                Zeiler & Fergus 2014 §4.2, as a saliency map: the drop of the
+                         class *probability* when a grey square (the mean colour: zero
+                         in normalised space) covers the pixel, averaged over the window
+                         positions that cover it (the sweep is ``vizcnn.occlusion``'s).
+=======================  ==============================================================
+
+The map (H × W, ≥ 0) is, for every input-space method (gradient, deconvnet, guided,
+integrated-gradients, smoothgrad), the maximum over colour channels of the absolute
+attribution — Simonyan's rule, applied alike so the maps are comparable. For gradcam
+it is the rectified CAM, for occlusion the positive part of the probability drop.
+
+The target is the model's top class unless ``target`` is given. Everything runs on the
+model's device; the model is left exactly as it was (modes, requires_grad flags, no
+hooks, parameters never written, no parameter gradients), also when an error is raised.
+
+Why not captum for all of them: captum's ``Deconvolution`` and ``GuidedBackprop`` only
+hook ``nn.ReLU`` modules, so on torchvision's GoogLeNet (which calls ``F.relu``) they
+silently return the plain gradient (checked in tests/test_saliency.py). Here the
+reverse rules catch every ReLU call. captum's ``IntegratedGradients`` and
+``LayerGradCam`` are correct; the batched versions here compute the same numbers
+(also checked in the tests) without parameter gradients or autograd bookkeeping for
+the weights.
+"""
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .deconv import check_input
+from .errors import BadArgumentError, BadInputError
+from .layers import friendly_names, resolve_layer
+from .rules import ReverseRules
+from .state import preserved_model
+
+METHODS = ("gradient", "deconvnet", "guided", "integrated-gradients", "smoothgrad", "gradcam", "occlusion")
+
+#: What each method's map shows, for colour-bar labels and summary.json.
+MAP_UNITS = {
+    "gradient": "max over colour of |∂ logit / ∂ pixel|",
+    "deconvnet": "max over colour of |deconvnet projection|",
+    "guided": "max over colour of |guided backprop|",
+    "integrated-gradients": "max over colour of |integrated gradients| (logit units)",
+    "smoothgrad": "max over colour of |mean noisy gradient|",
+    "gradcam": "ReLU(Grad-CAM) (logit-gradient × activation)",
+    "occlusion": "drop in class probability when occluded",
+}
+
+#: Rows of input-gradient batches per backward (integrated gradients, SmoothGrad).
+DEFAULT_BATCH = 32
+
+
+@dataclass(frozen=True)
+class SaliencyResult:
+    """One saliency map of one image.
+
+    map: (H, W) float ≥ 0, on the model's device. attribution: the signed raw result,
+    (C, H, W) for input-space methods, (1, H, W) for gradcam (the un-rectified CAM,
+    upsampled) and occlusion (the probability drop). target: the class index explained;
+    probability: its softmax probability on the unperturbed image. info: method
+    details (gradcam's layer, integrated gradients' completeness gap, occlusion window).
+    """
+
+    map: torch.Tensor
+    attribution: torch.Tensor
+    target: int
+    probability: float
+    method: str
+    info: dict = field(default_factory=dict)
+
+
+def saliency(model: nn.Module, x: torch.Tensor, method: str, target: int | None = None, *,
+             layer: str | None = None, steps: int = 50, samples: int = 50, noise: float = 0.15,
+             baseline: torch.Tensor | None = None, window: int | None = None, stride: int | None = None,
+             batch: int = DEFAULT_BATCH, seed: int = 0) -> SaliencyResult:
+    """The saliency map of ``method`` for class ``target`` (default: the top prediction).
+
+    x: one normalised image (1, C, H, W) or (C, H, W).
+    layer: gradcam's layer (a friendly name, module path or ``path:k``); default
+        :func:`default_gradcam_layer`.
+    steps: integrated-gradients quadrature nodes. baseline: its x₀, default zeros in
+        normalised space, i.e. the training set's mean colour (the same neutral grey
+        the occluder uses; a black image would be −mean/std and makes dark regions
+        look unimportant by construction).
+    samples, noise, seed: SmoothGrad's number of noisy copies, noise std as a fraction
+        of the image's value range (Smilkov et al. found 10–20 % best), and the seed of
+        the noise (reproducible).
+    window, stride: occlusion square and step in pixels (default ≈ 1/7 of the shorter
+        side, half of that for the stride: 32 and 16 at 224²).
+    batch: images per batched forward/backward for the multi-image methods.
+    """
+    if method not in METHODS:
+        raise BadArgumentError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
+    if layer is not None and method != "gradcam":
+        raise BadArgumentError(f"layer applies to gradcam only, not to {method}")
+    for name, value in (("steps", steps), ("samples", samples), ("batch", batch)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadArgumentError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
+        raise BadArgumentError(f"noise must be a non-negative number, got {noise!r}")
+    x = check_input(x)
+    x = x.detach().to(_device(model, x), dtype=_dtype(model, x))
+    if method == "gradcam":
+        layer = layer or default_gradcam_layer(model, tuple(x.shape[1:]))
+        resolve_layer(model, layer)  # a bad name fails before any work
+    if method == "occlusion":
+        occlusion_window(*x.shape[-2:], window, stride)
+    with _frozen(model):
+        if method in ("gradient", "deconvnet", "guided"):
+            return _reverse(model, x, method, target)
+        if method == "gradcam":
+            return _gradcam(model, x, layer, target)
+        with torch.no_grad():  # the image (and integrated gradients' baseline) once, for the target
+            logits = _forward(model, torch.cat([x, _baseline(x, baseline)]) if method == "integrated-gradients"
+                              else x)
+        t = _pick(logits[:1], target)
+        prob = float(torch.softmax(logits[0].float(), 0)[t])
+        if method == "integrated-gradients":
+            return _integrated(model, x, t, prob, logits, baseline, steps, batch)
+        if method == "smoothgrad":
+            return _smoothgrad(model, x, t, prob, samples, noise, batch, seed)
+        return _occlusion(model, x, t, prob, window, stride, batch)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _device(model: nn.Module, x: torch.Tensor) -> torch.device:
+    return next((p.device for p in model.parameters()), x.device)
+
+
+def _dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return p.dtype if p is not None else x.dtype
+
+
+class _frozen:
+    """eval mode, no parameter gradients, grad mode on; every flag restored on exit."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.guard = preserved_model(model)
+
+    def __enter__(self):
+        self.guard.__enter__()
+        self.grad = torch.enable_grad()
+        self.grad.__enter__()
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        return self.model
+
+    def __exit__(self, *exc):
+        self.grad.__exit__(*exc)
+        return self.guard.__exit__(*exc)
+
+
+def _logits(out) -> torch.Tensor:
+    if isinstance(out, (tuple, list)):  # GoogLeNet/Inception outputs in train mode
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise BadInputError(f"saliency needs a classifier whose output is (N, classes); this model gives {shape}")
+    return out
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    try:
+        return _logits(model(x))
+    except RuntimeError as e:  # shape errors from inputs the model cannot take
+        raise BadInputError(f"{type(model).__name__} cannot run on an input of shape {tuple(x.shape[1:])}: "
+                            f"{str(e).strip().splitlines()[0][:200]}") from None
+
+
+def _pick(logits: torch.Tensor, target: int | None) -> int:
+    n = logits.shape[1]
+    if target is None:
+        return int(logits[0].argmax())
+    if not isinstance(target, (int, np.integer)) or isinstance(target, bool) or not 0 <= target < n:
+        raise BadArgumentError(f"target {target!r} out of range: the model has {n} classes (0..{n - 1})")
+    return int(target)
+
+
+def _channel_max(attribution: torch.Tensor) -> torch.Tensor:
+    return attribution.abs().amax(dim=0)
+
+
+def _result(attribution: torch.Tensor, t: int, prob: float, method: str, **info) -> SaliencyResult:
+    attribution = attribution.detach()
+    m = attribution.clamp_min(0)[0] if attribution.shape[0] == 1 and method in ("gradcam", "occlusion") \
+        else _channel_max(attribution)
+    return SaliencyResult(m, attribution, t, prob, method, info)
+
+
+def _batched_grads(model: nn.Module, images: torch.Tensor, t: int, batch: int,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_i w_i ∂ logit_t(images_i) / ∂ images_i over the batch, (C, H, W), in chunks."""
+    total = torch.zeros_like(images[0])
+    for start in range(0, len(images), batch):
+        leaf = images[start:start + batch].detach().requires_grad_(True)
+        logits = _forward(model, leaf)[:, t]
+        w = weights[start:start + batch] if weights is not None else torch.ones_like(logits)
+        (g,) = torch.autograd.grad(logits, leaf, w.to(logits.dtype))
+        total += g.sum(0)
+    return total
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _reverse(model: nn.Module, x: torch.Tensor, method: str, target: int | None) -> SaliencyResult:
+    """One forward and one backward; ReLUs with the method's rule (the plain gradient is
+    autograd's own, LRN included)."""
+    leaf = x.requires_grad_(True)
+    if method == "gradient":
+        logits = _forward(model, leaf)
+    else:
+        with ReverseRules(method):
+            logits = _forward(model, leaf)
+    t = _pick(logits, target)
+    (g,) = torch.autograd.grad(logits[0, t], leaf)
+    prob = float(torch.softmax(logits[0].detach().float(), 0)[t])
+    return _result(g[0], t, prob, method)
+
+
+def _baseline(x: torch.Tensor, baseline: torch.Tensor | None) -> torch.Tensor:
+    if baseline is None:
+        return torch.zeros_like(x)
+    if not isinstance(baseline, torch.Tensor):
+        raise BadArgumentError(f"baseline must be a tensor, got {type(baseline).__name__}")
+    b = baseline.detach().to(x.device, x.dtype)
+    b = b.unsqueeze(0) if b.dim() == 3 else b
+    if b.shape != x.shape:
+        raise BadArgumentError(f"baseline shape {tuple(b.shape)} does not match the input's {tuple(x.shape)}")
+    return b
+
+
+def _integrated(model, x, t, prob, logits, baseline, steps, batch) -> SaliencyResult:
+    base = _baseline(x, baseline)
+    nodes, weights = np.polynomial.legendre.leggauss(steps)  # on [-1, 1]; same rule as captum's default
+    alphas = torch.as_tensor((nodes + 1) / 2, dtype=x.dtype, device=x.device)
+    w = torch.as_tensor(weights / 2, dtype=x.dtype, device=x.device)
+    path = base + alphas.view(-1, 1, 1, 1) * (x - base)
+    attribution = (x - base)[0] * _batched_grads(model, path, t, batch, w)
+    gap = float(logits[0, t] - logits[1, t])
+    total = float(attribution.sum())
+    return _result(attribution, t, prob, "integrated-gradients", steps=steps,
+                   baseline="mean colour (zeros)" if baseline is None else "given",
+                   score_difference=gap, attribution_sum=total,
+                   completeness_error=abs(total - gap) / max(abs(gap), 1e-12))
+
+
+def _smoothgrad(model, x, t, prob, samples, noise, batch, seed) -> SaliencyResult:
+    sigma = noise * float(x.max() - x.min())
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    eps = torch.randn((samples, *x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
+    attribution = _batched_grads(model, x + sigma * eps, t, batch) / samples
+    return _result(attribution, t, prob, "smoothgrad", samples=samples, noise=noise, sigma=sigma, seed=seed)
+
+
+class _LayerTap:
+    """Forward hook that keeps the ``call``-th output of one module as a new leaf and hands
+    the rest of the network a clone of it, so a later in-place op (``ReLU(inplace=True)``)
+    cannot change the kept tensor and the backward stops at the layer."""
+
+    def __init__(self, module: nn.Module, call: int):
+        self.call, self.seen, self.output = call, 0, None
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, _m, _inp, out):
+        k, self.seen = self.seen, self.seen + 1
+        if k == self.call:
+            if not isinstance(out, torch.Tensor):
+                raise BadArgumentError(f"the layer's output is a {type(out).__name__}, not a tensor")
+            # A fresh leaf: the backward stops here (nothing below the layer is needed)
+            self.output = out.detach().requires_grad_(True)
+            return self.output.clone()
+        return None
+
+
+def _gradcam(model: nn.Module, x: torch.Tensor, layer: str, target: int | None) -> SaliencyResult:
+    path, call = resolve_layer(model, layer)
+    tap = _LayerTap(dict(model.named_modules())[path], call)
+    try:
+        logits = _forward(model, x)
+    finally:
+        tap.handle.remove()
+    act = tap.output
+    if act is None:
+        raise BadArgumentError(f"layer {layer!r} ran {tap.seen} time(s) in the forward pass; call index {call} "
+                               f"does not exist")
+    if act.dim() != 4:
+        raise BadArgumentError(f"Grad-CAM needs a spatial layer (C, H, W); layer {layer!r} gives "
+                               f"{tuple(act.shape[1:])}")
+    t = _pick(logits, target)
+    (g,) = torch.autograd.grad(logits[0, t], act, allow_unused=True)
+    if g is None:
+        raise BadArgumentError(f"layer {layer!r} does not feed the class scores")
+    cam = (g[0].mean(dim=(1, 2), keepdim=True) * act[0]).sum(0, keepdim=True)  # (1, h, w)
+    size = x.shape[-2:]
+    up = F.interpolate(cam[None], size=size, mode="bilinear", align_corners=False)[0]
+    rect = F.interpolate(cam.clamp_min(0)[None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    prob = float(torch.softmax(logits[0].detach().float(), 0)[t])
+    return SaliencyResult(rect.detach(), up.detach(), t, prob, "gradcam",
+                          {"layer": layer, "module": path, "layer_shape": list(act.shape[1:])})
+
+
+def occlusion_window(height: int, width: int, window: int | None = None, stride: int | None = None
+                     ) -> tuple[int, int]:
+    """The occlusion square and stride in pixels: default ≈ 1/7 of the shorter side, half
+    of that as the stride (32 / 16 at 224²)."""
+    side = min(height, width)
+    window = max(1, round(side / 7)) if window is None else window
+    stride = max(1, window // 2) if stride is None else stride
+    for name, v in (("window", window), ("stride", stride)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise BadArgumentError(f"occlusion {name} must be a positive integer, got {v!r}")
+    if window > side:
+        raise BadArgumentError(f"occlusion window {window} px is larger than the {width}×{height} image")
+    return window, stride
+
+
+def _occlusion(model, x, t, prob, window, stride, batch) -> SaliencyResult:
+    """The probability drop per window position from ``vizcnn.occlusion`` (the Fig. 7
+    engine: batched, incremental on AlexNet/ZFNet/VGG), spread back over the pixels each
+    window covers and averaged there (captum's ``Occlusion`` convention, on
+    probabilities). Positions follow captum too: a margin of (H − window) mod stride px
+    at the bottom/right is never covered and gets 0."""
+    from .occlusion import occlude
+
+    h, w = x.shape[-2:]
+    window, stride = occlusion_window(h, w, window, stride)
+    r = occlude(model, x, window=window, stride=stride, target=t, batch_size=max(batch, 64), projection=False)
+    drop = r.drop.to(x.device, torch.float32).flatten()  # (positions,)
+    tops = r.tops.tolist()
+    lefts = r.lefts.tolist()
+    total = torch.zeros((h, w), device=x.device)
+    count = torch.zeros((h, w), device=x.device)
+    for i, top in enumerate(tops):
+        for j, left in enumerate(lefts):
+            total[top:top + window, left:left + window] += drop[i * len(lefts) + j]
+            count[top:top + window, left:left + window] += 1
+    attribution = (total / count.clamp_min(1))[None].to(x.dtype)
+    return _result(attribution, t, prob, "occlusion", window=window, stride=stride,
+                   positions=len(tops) * len(lefts), engine=r.method)
+
+
+# --------------------------------------------------------------------------- Grad-CAM layer
+
+_COLLAPSING = (nn.Linear, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def _is_conv(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.conv._ConvNd) or ("conv" in type(m).__name__.lower()
+                                                     and any(True for _ in m.parameters(recurse=False)))
+
+
+def _output_shapes(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Each module's output shape (first call, batch dimension dropped), in the order the
+    modules finish, from one forward of a parameter-free copy on the meta device."""
+    import copy
+
+    memo = {id(t): torch.empty_like(t, device="meta") for t in (*model.parameters(), *model.buffers())}
+    probe = copy.deepcopy(model, memo).eval()
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def hook(path):
+        def record(_m, _inp, out):
+            if isinstance(out, torch.Tensor) and path not in shapes:
+                shapes[path] = tuple(out.shape[1:])
+        return record
+
+    for path, m in probe.named_modules():
+        if path:
+            m.register_forward_hook(hook(path))
+    try:
+        with torch.no_grad():
+            probe(torch.zeros((1, *input_size), device="meta"))
+    except RuntimeError:  # a fixed-size classifier on another size: the conv part has run
+        pass
+    return shapes
+
+
+def default_gradcam_layer(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> str:
+    """The model's last conv feature map, where Grad-CAM is usually taken.
+
+    The last friendly ``conv*`` name where the model has them (AlexNet ``conv5``, VGG
+    ``conv5_3``: the rectified output); otherwise the outermost block around the last
+    convolution with a spatial (> 1×1) output that keeps its size and holds nothing
+    that collapses space (ResNet ``layer4``, GoogLeNet ``inception5b``), or the
+    activation that directly follows a bare convolution (LeNet-5 ``act3``).
+    """
+    friendly = [n for n in friendly_names(model) if n.startswith("conv")]
+    if friendly:
+        return friendly[-1]
+    # The probe forward costs ~0.1-0.5 s on big models: remember the answer per model,
+    # input size and module structure.
+    key = (tuple(input_size), tuple((p, type(m)) for p, m in model.named_modules()))
+    cached = _DEFAULT_LAYER.setdefault(model, {})
+    if key not in cached:
+        cached[key] = _find_last_conv_map(model, input_size)
+    return cached[key]
+
+
+_DEFAULT_LAYER: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _find_last_conv_map(model: nn.Module, input_size: tuple[int, int, int]) -> str:
+    shapes = _output_shapes(model, input_size)
+    modules = dict(model.named_modules())
+    order = list(shapes)
+    spatial = [k for k in order if _is_conv(modules[k]) and len(shapes[k]) == 3 and shapes[k][1] * shapes[k][2] > 1]
+    if not spatial:
+        raise BadArgumentError(f"{type(model).__name__} has no convolution with a spatial output; "
+                               f"pass a layer name for gradcam")
+    last = spatial[-1]
+    hw = shapes[last][1:]
+    parts = last.split(".")
+    chosen = last
+    for i in range(1, len(parts)):
+        p = ".".join(parts[:i])
+        if p in shapes and len(shapes[p]) == 3 and shapes[p][1:] == hw and \
+                not any(isinstance(m, _COLLAPSING) for m in modules[p].modules()):
+            chosen = p
+            break
+    if chosen == last:  # a bare conv: take the activation that follows it, if one does
+        i = order.index(last)
+        if i + 1 < len(order):
+            nxt = order[i + 1]
+            if nxt.rpartition(".")[0] == last.rpartition(".")[0] and shapes[nxt] == shapes[last] and \
+                    not any(True for _ in modules[nxt].parameters()):
+                chosen = nxt
+    return chosen
+
+
+# --------------------------------------------------------------------------- several methods
+
+
+def saliency_all(model: nn.Module, x: torch.Tensor, methods=METHODS, target: int | None = None, *,
+                 layer: str | None = None, on_method: Callable[[str, float], None] | None = None,
+                 **kwargs) -> dict[str, SaliencyResult]:
+    """Each method's result for the same target class (the first method fixes it when
+    ``target`` is None). ``on_method(method, seconds)`` is called after each."""
+    results: dict[str, SaliencyResult] = {}
+    for method in methods:
+        start = time.perf_counter()
+        r = saliency(model, x, method, target, layer=layer if method == "gradcam" else None, **kwargs)
+        if on_method is not None:
+            on_method(method, time.perf_counter() - start)
+        target = r.target
+        results[method] = r
+    return results
+
+
+def map_statistics(m: torch.Tensor) -> dict:
+    """Numbers that describe a map: range, mean, the peak's (y, x), and how concentrated
+    it is (the share of the map's total in its top 5 % of pixels; 0.05 for a flat map)."""
+    m = m.detach().float().cpu()
+    flat = m.flatten()
+    total = float(flat.sum())
+    k = max(1, round(0.05 * flat.numel()))
+    peak = int(flat.argmax())
+    return {
+        "min": float(flat.min()), "max": float(flat.max()), "mean": float(flat.mean()), "std": float(flat.std()),
+        "peak_yx": [peak // m.shape[1], peak % m.shape[1]],
+        "top5pct_share": float(flat.topk(k).values.sum()) / total if total > 0 else None,
+    }
+
+
+def top_classes(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[tuple[int, float]]:
+    """The k most probable classes of one image: [(index, probability)]."""
+    x = check_input(x)
+    with _frozen(model), torch.no_grad():
+        p = torch.softmax(_forward(model, x.to(_device(model, x), _dtype(model, x))).float()[0], 0)
+    values, index = p.topk(min(k, len(p)))
+    return [(int(i), float(v)) for i, v in zip(index, values)]
+
+
+def class_label(index: int, names: list[str] | None) -> str:
+    """``names[index]`` where names are known, else ``class <index>``."""
+    return names[index] if names and 0 <= index < len(names) else f"class {index}"
+
+
+def model_title(model_name: str, extra: dict | None) -> str:
+    """``alexnet`` or ``alexnet (random weights)``: figures say when weights are random."""
+    weights = (extra or {}).get("weights")
+    return f"{model_name} ({weights} weights)" if weights in ("random", "imagenet") else \
+        (f"{model_name} (weights {weights})" if weights else model_name)
+
+
+def _detail(r: SaliencyResult) -> str:
+    """The settings a figure title names next to the method."""
+    i = r.info
+    if r.method == "gradcam":
+        return f" · layer {i['layer']}"
+    if r.method == "integrated-gradients":
+        return f" · {i['steps']} steps"
+    if r.method == "smoothgrad":
+        return f" · {i['samples']} samples, σ {i['noise']:g}"
+    if r.method == "occlusion":
+        return f" · {i['window']} px, stride {i['stride']}"
+    return ""
+
+
+def write_saliency(out, model: nn.Module, model_name: str, image: np.ndarray, x: torch.Tensor, *,
+                   methods=("gradient",), target: int | None = None, layer: str | None = None,
+                   names: list[str] | None = None, extra: dict | None = None, **kwargs) -> dict:
+    """``vizcnn saliency``: per method a map PNG (with colour bar) and an overlay PNG; with
+    several methods also a side-by-side panel; summary.json with the target, its class
+    name and probability, and each map's statistics.
+
+    out: a ``vizcnn.output.OutputDir``; image: the H×W×C display image in [0, 1] the
+    model sees; x: its normalised tensor (1, C, H, W); names: class names or None.
+    """
+    from .imageio import save_figure
+    from .render_saliency import map_figure, overlay_figure, panel_figure
+
+    methods = list(methods)
+    for m in methods:
+        if m not in METHODS:
+            raise BadArgumentError(f"unknown saliency method {m!r}; choose one of {', '.join(METHODS)}, all")
+    if layer is not None and "gradcam" not in methods:
+        raise BadArgumentError("--layer applies to gradcam only; add gradcam to the methods")
+    if layer is not None:
+        resolve_layer(model, layer)
+    times: dict[str, float] = {}
+    results = saliency_all(model, x, methods, target, layer=layer,
+                           on_method=lambda m, s: times.__setitem__(m, s), **kwargs)
+    first = results[methods[0]]
+    t, prob = first.target, first.probability
+    cls = class_label(t, names)
+    head = f"{model_title(model_name, extra)} · target {t} “{cls}” (p = {prob:.3g})"
+    entries = {}
+    for method, r in results.items():
+        detail = _detail(r)
+        title = f"{head}\n{method}{detail}"
+        files = {"map": f"{method}_map.png", "overlay": f"{method}_overlay.png"}
+        save_figure(map_figure(r.map, title, MAP_UNITS[method]), out.path(files["map"]))
+        save_figure(overlay_figure(image, r.map, title), out.path(files["overlay"]))
+        entries[method] = {**files, "time_s": round(times[method], 4), "map": map_statistics(r.map),
+                           **{k: v for k, v in r.info.items() if isinstance(v, (int, float, str, list))}}
+    summary = {"model": model_name, "input_size": list(x.shape[1:]), **(extra or {}),
+               "target": t, "class_name": cls, "probability": prob,
+               "top5": [{"index": i, "class_name": class_label(i, names), "probability": p}
+                        for i, p in top_classes(model, x)],
+               "display": "maps scaled to their 99.5th percentile", "methods": entries}
+    if len(methods) > 1:
+        subtitles = {m: _detail(r).lstrip(" ·") for m, r in results.items() if _detail(r)}
+        save_figure(panel_figure(image, {m: r.map for m, r in results.items()}, head, subtitles),
+                    out.path("panel.png"))
+        summary["panel"] = "panel.png"
+    return out.finish(summary)
+
+
+__all__ = ["METHODS", "MAP_UNITS", "SaliencyResult", "saliency", "saliency_all", "default_gradcam_layer",
+           "occlusion_window", "map_statistics", "top_classes", "class_label", "model_title", "write_saliency"]
