@@ -11,8 +11,7 @@ from pathlib import Path
 import click
 
 from .main import cli
-from .options import (default_weights, device_option, echo_summary, force_option, json_option, model_argument,
-                      out_option, seed_option, weights_option)
+from .options import default_weights, echo_summary, model_argument, run_options
 
 data_argument = click.argument("data", metavar="DATA")
 batch_option = click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
@@ -82,12 +81,7 @@ def _line(summary: dict, folder) -> str:
 @batch_option
 @workers_option
 @limit_option
-@weights_option
-@seed_option
-@device_option
-@out_option
-@force_option
-@json_option
+@run_options
 def topk(model, data, layers, top, distinct_images, units, method, dead_filters, min_firing, min_max, batch_size,
          workers, limit, weights, seed, device, out, force, as_json):
     """Top-k activations of every unit over DATA, projected to pixels (Zeiler & Fergus Fig. 2).
@@ -126,12 +120,7 @@ def topk(model, data, layers, top, distinct_images, units, method, dead_filters,
 @batch_option
 @workers_option
 @limit_option
-@weights_option
-@seed_option
-@device_option
-@out_option
-@force_option
-@json_option
+@run_options
 def dead_filters(model, data, layers, min_firing, min_max, batch_size, workers, limit, weights, seed, device, out,
                  force, as_json):
     """Per-filter firing statistics over DATA, and which filters are dead.

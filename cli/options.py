@@ -33,3 +33,37 @@ def default_weights(model: str, weights: str) -> str:
 
 def echo_summary(summary: dict, as_json: bool, text: str) -> None:
     click.echo(json.dumps(summary, indent=2) if as_json else text)
+
+
+def run_options(command):
+    """The options every model-running command shares, in one place: --weights, --seed,
+    --device, --out, --force, --json."""
+    for option in reversed((weights_option, seed_option, device_option, out_option, force_option, json_option)):
+        command = option(command)
+    return command
+
+
+class ImageRun:
+    """What a command on one image needs, loaded in the order that fails fastest: the
+    image first (bad files are the commonest error), then the model, then the output
+    folder (so nothing is created for a run that cannot start)."""
+
+    def __init__(self, command: str, model: str, image: str, weights: str, seed: int, device: str,
+                 out: str | None, force: bool):
+        from pathlib import Path
+
+        from vizcnn.inputs import load_input
+        from vizcnn.models import class_names, get_spec, load_model
+        from vizcnn.output import OutputDir
+        from vizcnn.reports import resolve_device
+
+        self.spec = get_spec(model)
+        self.weights = default_weights(model, weights)
+        self.device = resolve_device(device)
+        self.shown, x = load_input(image, self.spec)
+        self.model = load_model(model, self.weights, seed=seed, device=self.device)
+        self.x = x.to(self.device)
+        self.class_names = class_names(model)
+        self.out = OutputDir(out or Path("vizcnn-out") / f"{command}-{model}-{Path(image).stem}", command,
+                             force=force)
+        self.extra = {"weights": str(self.weights), "image": str(image), "device": str(self.device)}

@@ -1,13 +1,10 @@
 """``vizcnn saliency`` and ``vizcnn sanity``: saliency maps of one image and their sanity checks."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from .main import cli
-from .options import (default_weights, device_option, echo_summary, force_option, image_argument, json_option,
-                      model_argument, out_option, seed_option, weights_option)
+from .options import ImageRun, echo_summary, image_argument, model_argument, run_options
 
 METHODS = ("gradient", "deconvnet", "guided", "integrated-gradients", "smoothgrad", "gradcam", "occlusion")
 
@@ -15,20 +12,6 @@ target_option = click.option("--target", type=click.IntRange(min=0), default=Non
                              help="Class index to explain (default: the top prediction).")
 steps_option = click.option("--steps", default=50, show_default=True, type=click.IntRange(min=1),
                             help="Integrated-gradients steps and SmoothGrad samples.")
-
-
-def _load(model, image, weights, seed, device):
-    from vizcnn.inputs import load_input
-    from vizcnn.models import class_names, get_spec, load_model
-    from vizcnn.reports import resolve_device
-
-    spec = get_spec(model)
-    weights = default_weights(model, weights)
-    dev = resolve_device(device)
-    shown, x = load_input(image, spec)
-    net = load_model(model, weights, seed=seed, device=dev)
-    extra = {"weights": str(weights), "image": str(image), "device": str(dev)}
-    return net, shown, x.to(dev), class_names(model), extra
 
 
 @cli.command()
@@ -40,12 +23,7 @@ def _load(model, image, weights, seed, device):
 @click.option("--layer", default=None, metavar="NAME",
               help="Grad-CAM layer (default: the last conv feature map). See `vizcnn layers MODEL`.")
 @steps_option
-@weights_option
-@seed_option
-@device_option
-@out_option
-@force_option
-@json_option
+@run_options
 def saliency(model, image, method, target, layer, steps, weights, seed, device, out, force, as_json):
     """Saliency maps: which pixels of IMAGE the class score depends on.
 
@@ -53,21 +31,18 @@ def saliency(model, image, method, target, layer, steps, weights, seed, device, 
     method, panel.png for --method all, and summary.json (target class, probability,
     map statistics).
     """
-    from vizcnn.output import OutputDir
-    from vizcnn.saliency import write_saliency
-
     from vizcnn.errors import BadArgumentError
+    from vizcnn.saliency import write_saliency
 
     methods = list(METHODS) if method == "all" else [method]
     if layer is not None and "gradcam" not in methods:
         raise BadArgumentError(f"--layer applies to --method gradcam (or all), not {method}")
-    net, shown, x, names, extra = _load(model, image, weights, seed, device)
-    folder = OutputDir(out or Path("vizcnn-out") / f"saliency-{model}-{Path(image).stem}", "saliency", force=force)
-    summary = write_saliency(folder, net, model, shown, x, methods=methods, target=target, layer=layer,
-                             names=names, extra=extra, steps=steps, samples=steps)
+    run = ImageRun("saliency", model, image, weights, seed, device, out, force)
+    summary = write_saliency(run.out, run.model, model, run.shown, run.x, methods=methods, target=target,
+                             layer=layer, names=run.class_names, extra=run.extra, steps=steps, samples=steps)
     echo_summary(summary, as_json, f"{summary['class_name']} (class {summary['target']}, "
                                    f"p = {summary['probability']:.3g}): wrote {len(summary['files'])} files "
-                                   f"to {folder.root}")
+                                   f"to {run.out.root}")
 
 
 @cli.command()
@@ -79,12 +54,7 @@ def saliency(model, image, method, target, layer, steps, weights, seed, device, 
 @target_option
 @click.option("--layer", default=None, metavar="NAME", help="Grad-CAM layer (default: the last conv feature map).")
 @steps_option
-@weights_option
-@seed_option
-@device_option
-@out_option
-@force_option
-@json_option
+@run_options
 def sanity(model, image, methods, target, layer, steps, weights, seed, device, out, force, as_json):
     """Sanity checks (Adebayo et al. 2018): cascading randomization of the model's layers.
 
@@ -95,10 +65,8 @@ def sanity(model, image, methods, target, layer, steps, weights, seed, device, o
     the top half of the layers is random (summary.json states the rule). Writes
     sanity_maps.png, sanity_curves.png and summary.json.
     """
-    from vizcnn.output import OutputDir
-    from vizcnn.sanity import write_sanity
-
     from vizcnn.errors import BadArgumentError
+    from vizcnn.sanity import write_sanity
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in chosen if m not in METHODS]
@@ -107,11 +75,10 @@ def sanity(model, image, methods, target, layer, steps, weights, seed, device, o
                                f"choose from {', '.join(METHODS)}")
     if layer is not None and "gradcam" not in chosen:
         raise BadArgumentError("--layer applies to gradcam; add it to --methods")
-    net, shown, x, names, extra = _load(model, image, weights, seed, device)
-    folder = OutputDir(out or Path("vizcnn-out") / f"sanity-{model}-{Path(image).stem}", "sanity", force=force)
-    summary = write_sanity(folder, net, model, shown, x, methods=chosen, target=target, layer=layer, names=names,
-                           extra=extra, steps=steps, samples=steps,
+    run = ImageRun("sanity", model, image, weights, seed, device, out, force)
+    summary = write_sanity(run.out, run.model, model, run.shown, run.x, methods=chosen, target=target, layer=layer,
+                           names=run.class_names, extra=run.extra, steps=steps, samples=steps,
                            on_step=lambda i, n, label: click.echo(f"  step {i}/{n}: re-initialised {label}", err=True))
     passed = [m for m, v in summary["verdicts"].items() if v["passes"]]
     echo_summary(summary, as_json, f"passes: {', '.join(passed) or 'none'}; "
-                                   f"wrote {len(summary['files'])} files to {folder.root}")
+                                   f"wrote {len(summary['files'])} files to {run.out.root}")

@@ -1,0 +1,134 @@
+"""``vizcnn occlusion`` (Zeiler & Fergus Fig. 7) and ``vizcnn invariance`` (Fig. 5)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .main import cli
+from .options import (default_weights, device_option, echo_summary, force_option, image_argument, json_option,
+                      model_argument, out_option, seed_option, weights_option)
+
+batch_option = click.option("--batch-size", default=64, show_default=True, type=int,
+                            help="Images per forward pass.")
+target_option = click.option("--target", type=int, default=None,
+                             help="Class index to follow (default: the top prediction on the unmodified image).")
+
+
+def _class_names(model: str) -> list[str] | None:
+    from vizcnn.models import class_names
+
+    return class_names(model)
+
+
+@cli.command()
+@model_argument
+@image_argument
+@click.option("--window", type=int, default=None, metavar="PX",
+              help="Side of the grey square in px [default: 1/7 of the input side, 32 at 224].")
+@click.option("--stride", type=int, default=None, metavar="PX",
+              help="Step between occluder positions in px [default: 1/28 of the input side, 8 at 224].")
+@click.option("--layer", default=None, metavar="NAME",
+              help="Feature map of panel (b) [default: the last conv layer, conv5 in AlexNet/ZFNet].")
+@target_option
+@click.option("--full", is_flag=True,
+              help="Recompute every occluded image in full instead of incrementally (same maps, slower).")
+@batch_option
+@weights_option
+@seed_option
+@device_option
+@out_option
+@force_option
+@json_option
+def occlusion(model, image, window, stride, layer, target, full, batch_size, weights, seed, device, out, force,
+              as_json):
+    """Occlusion sensitivity of IMAGE, as Zeiler & Fergus Fig. 7.
+
+    A grey square (the dataset mean) slides over the image; for every position one
+    forward pass gives (b) the total activation of the strongest last-conv feature map,
+    (d) the probability of the chosen class and (e) the most probable class; (c) is that
+    map's deconvnet projection. Inference is incremental (only the region each occluder
+    reaches is recomputed, exactly) for AlexNet/ZFNet/VGG-style models. Writes
+    occlusion.png and summary.json.
+    """
+    from vizcnn.inputs import load_input
+    from vizcnn.models import get_spec, load_model
+    from vizcnn.occlusion import positions
+    from vizcnn.output import OutputDir
+    from vizcnn.render_occlusion import write_occlusion
+    from vizcnn.reports import resolve_device
+
+    spec = get_spec(model)
+    weights = default_weights(model, weights)
+    dev = resolve_device(device)
+    shown, x = load_input(image, spec)
+    tops, lefts = positions(tuple(x.shape[-2:]), window, stride)  # bad sizes fail before the model loads
+    net = load_model(model, weights, seed=seed, device=dev)
+    folder = OutputDir(out or Path("vizcnn-out") / f"occlusion-{model}-{Path(image).stem}", "occlusion", force=force)
+    summary = write_occlusion(folder, net, model, shown, x.to(dev), window=window, stride=stride, layer=layer,
+                              target=target, incremental=False if full else "auto", batch_size=batch_size,
+                              class_names=_class_names(model),
+                              extra={"weights": str(weights), "image": str(image), "device": str(dev)})
+    t = summary["timings_s"]
+    echo_summary(summary, as_json,
+                 f"{len(tops)}×{len(lefts)} positions, {summary['method']} inference in {t['occlusion']:.2f} s; "
+                 f"wrote {', '.join(summary['files'])} and summary.json to {folder.root}")
+
+
+@cli.command()
+@model_argument
+@image_argument
+@click.option("--transform", "transform", type=click.Choice(["translate", "scale", "rotate", "all"]), default="all",
+              show_default=True, help="Transformation to sweep.")
+@click.option("--amounts", default=None, metavar="A,B,...",
+              help="Comma-separated sweep for one transform (px, factor or degrees) [default: translate -60..60 "
+                   "by 10 px at 224, scale 0.6..1.4 by 0.1, rotate 0..350 by 10].")
+@click.option("--border", type=click.Choice(["mean", "reflect", "replicate"]), default="mean", show_default=True,
+              help="Value of pixels that come from outside the image: the dataset mean (grey), a mirror image or "
+                   "the edge pixel.")
+@target_option
+@batch_option
+@weights_option
+@seed_option
+@device_option
+@out_option
+@force_option
+@json_option
+def invariance(model, image, transform, amounts, border, target, batch_size, weights, seed, device, out, force,
+               as_json):
+    """Invariance of IMAGE's features to translation, scale and rotation (Zeiler & Fergus Fig. 5).
+
+    For each amount of the transformation: the Euclidean distance between the feature
+    vectors of the original and the transformed image at layer 1 and at the last hidden
+    layer (fc7 in AlexNet/ZFNet), divided by the original vector's norm, and the
+    probability of the true class. Writes one PNG per transform and summary.json.
+    """
+    from vizcnn.errors import BadArgumentError
+    from vizcnn.inputs import load_input
+    from vizcnn.invariance import TRANSFORMS
+    from vizcnn.models import get_spec, load_model
+    from vizcnn.output import OutputDir
+    from vizcnn.render_occlusion import write_invariance
+    from vizcnn.reports import resolve_device
+
+    transforms = list(TRANSFORMS) if transform == "all" else [transform]
+    sweep = None
+    if amounts is not None:
+        if len(transforms) > 1:
+            raise BadArgumentError("--amounts needs one --transform (translate, scale or rotate), not all")
+        try:
+            sweep = [float(a) for a in amounts.split(",") if a.strip()]
+        except ValueError:
+            raise BadArgumentError(f"--amounts must be comma-separated numbers, got {amounts!r}") from None
+    spec = get_spec(model)
+    weights = default_weights(model, weights)
+    dev = resolve_device(device)
+    _, x = load_input(image, spec)
+    net = load_model(model, weights, seed=seed, device=dev)
+    folder = OutputDir(out or Path("vizcnn-out") / f"invariance-{model}-{Path(image).stem}", "invariance",
+                       force=force)
+    summary = write_invariance(folder, net, model, x.to(dev), transforms=transforms, amounts=sweep, target=target,
+                               border=border, batch_size=batch_size, mean=spec.mean, std=spec.std,
+                               class_names=_class_names(model),
+                               extra={"weights": str(weights), "image": str(image), "device": str(dev)})
+    echo_summary(summary, as_json, f"wrote {', '.join(summary['files'])} and summary.json to {folder.root}")
