@@ -45,7 +45,7 @@ def _register_subcommands() -> None:
 
     package = importlib.import_module(__package__)
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("main", "options"):
+        if info.name not in ("main", "options") and not info.name.startswith("_"):
             importlib.import_module(f"{__package__}.{info.name}")
 
 

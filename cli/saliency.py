@@ -45,7 +45,7 @@ def saliency(model, image, method, target, layer, steps, weights, seed, device, 
                                    f"to {run.out.root}")
 
 
-@cli.command()
+@cli.command(short_help="Sanity checks (Adebayo et al. 2018): do the maps change when the weights do?")
 @model_argument
 @image_argument
 @click.option("--methods", "methods", default="gradient,guided,deconvnet,integrated-gradients,smoothgrad,gradcam",
