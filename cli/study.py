@@ -35,9 +35,9 @@ def study(name, preset, designs, steps, no_renorm, seed, device, out, force, as_
     from vizcnn.study import PRESETS, parse_designs
     from vizcnn.study_report import markdown_table, run_study
 
-    chosen = PRESETS[preset] if steps is None else replace(PRESETS[preset], steps=steps,
-                                                             evolution=tuple(s for s in PRESETS[preset].evolution
-                                                                             if s <= steps) or (steps,))
+    chosen = PRESETS[preset]
+    if steps is not None:  # a shorter or longer budget keeps the Fig. 4 snapshots that fit, and the last step
+        chosen = replace(chosen, steps=steps, evolution=(*(s for s in chosen.evolution if s < steps), steps))
     conv1 = parse_designs(designs)
     folder = OutputDir(out or Path("vizcnn-out") / f"study-{name}-{preset}", "study", force=force)
     log = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
