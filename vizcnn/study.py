@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 import os
 import time
 from collections.abc import Callable
@@ -209,6 +210,9 @@ def train(preset: Preset, conv1: tuple[int, int], stream: FractalStream, folder:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        # the annealing point follows this run's budget, so a resumed run with a new --steps
+        # is the run that budget would have been from the start (up to the checkpoint)
+        sched.milestones = Counter([math.ceil(preset.steps * 0.75)])
         curves = Curves(**{k: list(v) for k, v in json.loads(state["curves"]).items()})
         start_step = int(state["step"])
         log(f"{design_name(conv1)}: resuming at step {start_step}/{preset.steps}")
