@@ -39,7 +39,9 @@ def study(name, preset, designs, steps, no_renorm, seed, device, out, force, as_
     if steps is not None:  # a shorter or longer budget keeps the Fig. 4 snapshots that fit, and the last step
         chosen = replace(chosen, steps=steps, evolution=(*(s for s in chosen.evolution if s < steps), steps))
     conv1 = parse_designs(designs)
-    folder = OutputDir(out or Path("vizcnn-out") / f"study-{name}-{preset}", "study", force=force)
+    root = Path(out or Path("vizcnn-out") / f"study-{name}-{preset}")
+    # a folder holding this study's checkpoints is an interrupted run: resume it
+    folder = OutputDir(root, "study", force=force or (root / "checkpoints").is_dir())
     log = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
     summary = run_study(folder, chosen, conv1, seed=seed, device=resolve_device(device), renorm=not no_renorm,
                         log=log)
