@@ -243,7 +243,15 @@ def conv_layers(model: nn.Module) -> list[str]:
     """Names of the layers a deconv figure shows by default: the friendly conv names where
     the model has them, else the paths of its Conv2d modules."""
     friendly = [n for n in friendly_names(model) if n.startswith("conv")]
-    return friendly or [p for p, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    return friendly or [p for p, m in model.named_modules() if _is_conv(m)]
+
+
+def _is_conv(m: nn.Module) -> bool:
+    """nn.Conv2d, or a convolution of one's own (LeNet-5's C3): a kernel and a weight with
+    spatial extent."""
+    weight = getattr(m, "weight", None)
+    return isinstance(m, nn.Conv2d) or (hasattr(m, "kernel_size") and isinstance(weight, torch.Tensor)
+                                        and weight.dim() >= 3)
 
 
 def count_flops(model: nn.Module, input_size: tuple[int, int, int]) -> int:
