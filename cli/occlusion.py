@@ -1,24 +1,15 @@
 """``vizcnn occlusion`` (Zeiler & Fergus Fig. 7) and ``vizcnn invariance`` (Fig. 5)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from .main import cli
-from .options import (default_weights, device_option, echo_summary, force_option, image_argument, json_option,
-                      model_argument, out_option, seed_option, weights_option)
+from .options import ImageRun, echo_summary, image_argument, model_argument, run_options
 
 batch_option = click.option("--batch-size", default=64, show_default=True, type=int,
                             help="Images per forward pass.")
 target_option = click.option("--target", type=int, default=None,
                              help="Class index to follow (default: the top prediction on the unmodified image).")
-
-
-def _class_names(model: str) -> list[str] | None:
-    from vizcnn.models import class_names
-
-    return class_names(model)
 
 
 @cli.command()
@@ -34,12 +25,7 @@ def _class_names(model: str) -> list[str] | None:
 @click.option("--full", is_flag=True,
               help="Recompute every occluded image in full instead of incrementally (same maps, slower).")
 @batch_option
-@weights_option
-@seed_option
-@device_option
-@out_option
-@force_option
-@json_option
+@run_options
 def occlusion(model, image, window, stride, layer, target, full, batch_size, weights, seed, device, out, force,
               as_json):
     """Occlusion sensitivity of IMAGE, as Zeiler & Fergus Fig. 7.
@@ -51,28 +37,20 @@ def occlusion(model, image, window, stride, layer, target, full, batch_size, wei
     reaches is recomputed, exactly) for AlexNet/ZFNet/VGG-style models. Writes
     occlusion.png and summary.json.
     """
-    from vizcnn.inputs import load_input
-    from vizcnn.models import get_spec, load_model
+    from vizcnn.models import get_spec
     from vizcnn.occlusion import positions
-    from vizcnn.output import OutputDir
     from vizcnn.render_occlusion import write_occlusion
-    from vizcnn.reports import resolve_device
 
-    spec = get_spec(model)
-    weights = default_weights(model, weights)
-    dev = resolve_device(device)
-    shown, x = load_input(image, spec)
-    tops, lefts = positions(tuple(x.shape[-2:]), window, stride)  # bad sizes fail before the model loads
-    net = load_model(model, weights, seed=seed, device=dev)
-    folder = OutputDir(out or Path("vizcnn-out") / f"occlusion-{model}-{Path(image).stem}", "occlusion", force=force)
-    summary = write_occlusion(folder, net, model, shown, x.to(dev), window=window, stride=stride, layer=layer,
+    # Bad sizes fail before anything loads: the image is fitted to the model's input size.
+    tops, lefts = positions(get_spec(model).input_size[1:], window, stride)
+    run = ImageRun("occlusion", model, image, weights, seed, device, out, force)
+    summary = write_occlusion(run.out, run.model, model, run.shown, run.x, window=window, stride=stride, layer=layer,
                               target=target, incremental=False if full else "auto", batch_size=batch_size,
-                              class_names=_class_names(model),
-                              extra={"weights": str(weights), "image": str(image), "device": str(dev)})
+                              class_names=run.class_names, extra=run.extra)
     t = summary["timings_s"]
     echo_summary(summary, as_json,
                  f"{len(tops)}×{len(lefts)} positions, {summary['method']} inference in {t['occlusion']:.2f} s; "
-                 f"wrote {', '.join(summary['files'])} and summary.json to {folder.root}")
+                 f"wrote {', '.join(summary['files'])} and summary.json to {run.out.root}")
 
 
 @cli.command()
@@ -88,12 +66,7 @@ def occlusion(model, image, window, stride, layer, target, full, batch_size, wei
                    "the edge pixel.")
 @target_option
 @batch_option
-@weights_option
-@seed_option
-@device_option
-@out_option
-@force_option
-@json_option
+@run_options
 def invariance(model, image, transform, amounts, border, target, batch_size, weights, seed, device, out, force,
                as_json):
     """Invariance of IMAGE's features to translation, scale and rotation (Zeiler & Fergus Fig. 5).
@@ -104,12 +77,8 @@ def invariance(model, image, transform, amounts, border, target, batch_size, wei
     probability of the true class. Writes one PNG per transform and summary.json.
     """
     from vizcnn.errors import BadArgumentError
-    from vizcnn.inputs import load_input
     from vizcnn.invariance import TRANSFORMS
-    from vizcnn.models import get_spec, load_model
-    from vizcnn.output import OutputDir
     from vizcnn.render_occlusion import write_invariance
-    from vizcnn.reports import resolve_device
 
     transforms = list(TRANSFORMS) if transform == "all" else [transform]
     sweep = None
@@ -120,15 +89,8 @@ def invariance(model, image, transform, amounts, border, target, batch_size, wei
             sweep = [float(a) for a in amounts.split(",") if a.strip()]
         except ValueError:
             raise BadArgumentError(f"--amounts must be comma-separated numbers, got {amounts!r}") from None
-    spec = get_spec(model)
-    weights = default_weights(model, weights)
-    dev = resolve_device(device)
-    _, x = load_input(image, spec)
-    net = load_model(model, weights, seed=seed, device=dev)
-    folder = OutputDir(out or Path("vizcnn-out") / f"invariance-{model}-{Path(image).stem}", "invariance",
-                       force=force)
-    summary = write_invariance(folder, net, model, x.to(dev), transforms=transforms, amounts=sweep, target=target,
-                               border=border, batch_size=batch_size, mean=spec.mean, std=spec.std,
-                               class_names=_class_names(model),
-                               extra={"weights": str(weights), "image": str(image), "device": str(dev)})
-    echo_summary(summary, as_json, f"wrote {', '.join(summary['files'])} and summary.json to {folder.root}")
+    run = ImageRun("invariance", model, image, weights, seed, device, out, force)
+    summary = write_invariance(run.out, run.model, model, run.x, transforms=transforms, amounts=sweep, target=target,
+                               border=border, batch_size=batch_size, mean=run.spec.mean, std=run.spec.std,
+                               class_names=run.class_names, extra=run.extra)
+    echo_summary(summary, as_json, f"wrote {', '.join(summary['files'])} and summary.json to {run.out.root}")

@@ -13,6 +13,7 @@ never leaves a half-written PNG/JSON behind and never destroys the previous file
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import json
 import os
@@ -53,6 +54,7 @@ import cv2  # noqa: E402  (must follow the environment setting above)
 
 __all__ = [
     "MAX_PIXELS",
+    "figure_dpi",
     "image_size",
     "read_image",
     "safe_filename",
@@ -475,11 +477,34 @@ def write_png(path: PathLike, rgb: np.ndarray) -> None:
 _FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
-def save_figure(fig: Figure, path: PathLike, *, dpi: int = 100) -> None:
+#: The dpi of figures saved without an explicit one; set for a block by :func:`figure_dpi`.
+_FIGURE_DPI: contextvars.ContextVar[int] = contextvars.ContextVar("vizcnn_figure_dpi", default=100)
+
+
+@contextlib.contextmanager
+def figure_dpi(dpi: int):
+    """Inside the ``with`` block, every :func:`save_figure` call that passes no ``dpi``
+    uses this one (default 100 outside): one setting for all the figures of a run, e.g.
+    ``vizcnn report --dpi``, without threading it through every writer.
+
+    Raises:
+        BadArgumentError: ``dpi`` is not an integer >= 1.
+    """
+    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
+        raise BadArgumentError(f"dpi must be an integer >= 1, got {dpi!r}")
+    token = _FIGURE_DPI.set(dpi)
+    try:
+        yield
+    finally:
+        _FIGURE_DPI.reset(token)
+
+
+def save_figure(fig: Figure, path: PathLike, *, dpi: int | None = None) -> None:
     """Save a matplotlib Figure atomically; the format follows the suffix (.png, .pdf, .svg).
 
     The figure is rendered in memory first, so a failing render leaves no file.
-    ``dpi`` is dots per inch (it sets the pixel size of a PNG).
+    ``dpi`` is dots per inch (it sets the pixel size of a PNG); None: 100, or the
+    value of an enclosing :func:`figure_dpi` block.
 
     Raises:
         BadArgumentError: unsupported suffix or dpi < 1.
@@ -490,6 +515,8 @@ def save_figure(fig: Figure, path: PathLike, *, dpi: int = 100) -> None:
     if suffix.lstrip(".") not in _FIGURE_FORMATS:
         choices = ", ".join("." + f for f in _FIGURE_FORMATS)
         raise BadArgumentError(f"{shown}: unsupported figure format {suffix or '(no suffix)'!r}; choices: {choices}")
+    if dpi is None:
+        dpi = _FIGURE_DPI.get()
     if dpi < 1:
         raise BadArgumentError(f"dpi must be >= 1, got {dpi}")
     buffer = io.BytesIO()

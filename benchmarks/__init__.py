@@ -1,0 +1,1 @@
+"""vizcnn's benchmark suite: ``python -m benchmarks`` (see BENCHMARKS.md)."""
