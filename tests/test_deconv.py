@@ -390,3 +390,15 @@ def test_cropped_projection_equals_whole_image(name, layer):
     acts, leaf = forward_to(model, x, layer, rules)
     whole = backproject(acts[layer], leaf, units)
     torch.testing.assert_close(cropped, whole, atol=1e-6 * whole.abs().max(), rtol=1e-5)
+
+
+def test_geometry_cache_follows_the_model():
+    from vizcnn.layers import cached_geometry
+
+    model = build_model("alexnet-2012", num_classes=10)
+    first = cached_geometry(model, (3, 99, 99))
+    assert cached_geometry(model, (3, 99, 99)) is first
+    assert first["conv2"].rf == (51, 51)
+    model.features.conv1.stride = (2, 2)  # a structural change is noticed
+    assert cached_geometry(model, (3, 99, 99))["conv2"].rf == (31, 31)  # 11 + 2·2 (pool) + 4·4 (conv2)
+    assert cached_geometry(model, (3, 131, 131))["conv1"].shape[-1] == 63

@@ -14,7 +14,7 @@ from torch import nn
 
 from .errors import BadArgumentError, BadInputError
 from .extract import StopForward, run_until_stopped
-from .layers import LayerInfo, layer_geometry, resolve_layer
+from .layers import LayerInfo, cached_geometry, resolve_layer
 from .rules import ReverseRules
 from .state import preserved_model
 
@@ -130,8 +130,12 @@ def backproject(act: torch.Tensor, x: torch.Tensor, units: Activations, *, chunk
             seeds[index, units.channel[sel], units.y[sel], units.x[sel]] = units.value[sel].detach()
         else:
             seeds[index, units.channel[sel]] = units.value[sel].detach()
-        (grad,) = torch.autograd.grad(act, x, seeds, retain_graph=retain_graph or sel.stop < k, is_grads_batched=True)
-        out.append(grad[:, 0])
+        keep = retain_graph or sel.stop < k
+        if n == 1:  # vmap's set-up costs more than it saves for one unit
+            (grad,) = torch.autograd.grad(act, x, seeds[0], retain_graph=keep)
+        else:
+            (grad,) = torch.autograd.grad(act, x, seeds, retain_graph=keep, is_grads_batched=True)
+        out.append(grad[:, 0] if n > 1 else grad)
     return torch.cat(out)
 
 
@@ -191,7 +195,7 @@ def _project(model: nn.Module, x: torch.Tensor, layer: str, act: torch.Tensor, l
     over the graph of the forward that found them."""
     h, w = x.shape[-2:]
     if act.dim() == 3 and len(units) > 0:
-        info = layer_geometry(model, tuple(x.shape[1:]))[layer]
+        info = cached_geometry(model, tuple(x.shape[1:]))[layer]
         if info.rf[0] * info.rf[1] < CROP_BELOW * h * w:
             return backproject_cropped(model, x.to(leaf.device), layer, units, info, rules)
     return backproject(act, leaf, units)

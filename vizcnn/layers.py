@@ -11,6 +11,7 @@ follows it), which is what Zeiler & Fergus call the layer's feature map.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -226,6 +227,24 @@ def layer_geometry(model: nn.Module, input_size: tuple[int, int, int], *,
         if path in records:
             records[friendly] = LayerInfo(friendly, path, *list(vars(records[path]).values())[2:])
     return records
+
+
+_GEOMETRY: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def cached_geometry(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, LayerInfo]:
+    """:func:`layer_geometry`, remembered per model and input size while the model's
+    modules keep their names, types and kernel/stride/padding/dilation (a model whose
+    ``forward`` is replaced in place is not noticed: call ``layer_geometry`` then)."""
+    fingerprint = tuple((name, type(m), *(getattr(m, a, None) for a in ("kernel_size", "stride", "padding",
+                                                                        "dilation")))
+                        for name, m in model.named_modules())
+    key = (tuple(input_size), fingerprint)
+    known = _GEOMETRY.setdefault(model, {})
+    if key not in known:
+        known.clear()
+        known[key] = layer_geometry(model, input_size)
+    return known[key]
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
