@@ -38,3 +38,18 @@ def samples_dir():
     from pathlib import Path
 
     return Path(__file__).resolve().parents[1] / "samples"
+
+
+def image(c: int, size: int, seed: int = 0) -> torch.Tensor:
+    """A seeded random (1, c, size, size) input."""
+    return torch.randn(1, c, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run as fast on one intra-op thread, and far faster when the machine's
+    cores are shared (no waiting on a descheduled sibling thread)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

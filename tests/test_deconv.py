@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_untouched, snapshot
+from conftest import assert_untouched, image, snapshot
 from torch import nn
 
 import vizcnn
@@ -21,8 +21,6 @@ from vizcnn.state import preserved_model
 METHODS = ("deconvnet", "guided", "gradient")
 
 
-def image(c: int, size: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(1, c, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def strongest_position(model, x, layer, channel):

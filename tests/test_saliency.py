@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from conftest import assert_untouched, snapshot
+from conftest import assert_untouched, image, snapshot
 from torch import nn
 
 from vizcnn.errors import BadArgumentError, BadInputError, UnknownNameError
@@ -40,18 +40,9 @@ def tiny(seed: int = 0) -> TinyNet:
     return TinyNet().eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast alone and far faster when
-    the machine's cores are shared (no waiting on a descheduled sibling thread)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def image(c: int, size: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(1, c, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @functools.lru_cache(maxsize=None)
