@@ -62,6 +62,13 @@ def _line(summary: dict, folder) -> str:
             f"on {summary['world_size']} process(es); wrote {n} file{'s' if n != 1 else ''} to {folder.root}")
 
 
+def pass_options(command):
+    """The dataset-pass options both commands share: thresholds, batching, workers, limit."""
+    for option in reversed((min_firing_option, min_max_option, batch_option, workers_option, limit_option)):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @model_argument
 @data_argument
@@ -76,11 +83,7 @@ def _line(summary: dict, folder) -> str:
               show_default=True, help="Reverse rule at each ReLU for the projections.")
 @click.option("--dead-filters", "dead_filters", is_flag=True,
               help="Also compute the dead-filter statistics of these layers, in the same pass.")
-@min_firing_option
-@min_max_option
-@batch_option
-@workers_option
-@limit_option
+@pass_options
 @run_options
 def topk(model, data, layers, top, distinct_images, units, method, dead_filters, min_firing, min_max, batch_size,
          workers, limit, weights, seed, device, out, force, as_json):
@@ -115,11 +118,7 @@ def topk(model, data, layers, top, distinct_images, units, method, dead_filters,
 @data_argument
 @click.option("--layer", "layers", multiple=True, metavar="NAME",
               help="Layer (repeatable); default every conv layer. See `vizcnn layers MODEL`.")
-@min_firing_option
-@min_max_option
-@batch_option
-@workers_option
-@limit_option
+@pass_options
 @run_options
 def dead_filters(model, data, layers, min_firing, min_max, batch_size, workers, limit, weights, seed, device, out,
                  force, as_json):
