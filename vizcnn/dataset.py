@@ -573,13 +573,15 @@ def _check_thresholds(min_firing: float, min_max: float) -> None:
 
 
 def write_dead_filter_figure(out, model_name: str, data_name: str, images: int, stats: dict[str, FilterStats],
-                             min_firing: float, min_max: float) -> str:
+                             min_firing: float, min_max: float, *, weights: str | None = None) -> str:
     from .imageio import save_figure
+    from .render import figure_title
     from .render_dataset import dead_filter_figure
 
     rows = [(name, s.firing.numpy(), s.dead(min_firing, min_max).numpy()) for name, s in stats.items()]
-    title = (f"{model_name} · firing fraction per filter over {images} images ({data_name})\ndead: fires on "
-             f"< {min_firing:g} of positions, or max ≤ {min_max:g} × the layer's largest max")
+    title = (figure_title(model_name, weights=weights, layer=", ".join(stats), method="dead filters",
+                          what=f"firing fraction per filter over {images} images ({data_name})")
+             + f"\ndead: fires on < {min_firing:g} of positions, or max ≤ {min_max:g} × the layer's largest max")
     file = "dead_filters.png"
     save_figure(dead_filter_figure(rows, title, min_firing), out.path(file))
     return file
@@ -600,7 +602,7 @@ def write_topk(out, model: nn.Module, model_name: str, source: ImageSource, spec
     on rank 0, None elsewhere.
     """
     from .imageio import safe_filename, save_figure
-    from .render import as_display
+    from .render import as_display, figure_title
     from .render_dataset import topk_page
 
     _check_thresholds(min_firing, min_max)
@@ -636,6 +638,10 @@ def write_topk(out, model: nn.Module, model_name: str, source: ImageSource, spec
                              "y": yy, "x": xx, "value": float(tk.value[u, r]),
                              "box": {"top": t, "bottom": b, "left": left, "right": right}})
             unit_rows.append({"unit": u, "winners": wins})
+        # a winner with activation 0 is no winner: the unit does not fire there (or anywhere)
+        zero_winners = sum(1 for row in unit_rows for win in row["winners"] if not win["value"] > 0)
+        never_fire = [row["unit"] for row in unit_rows
+                      if row["winners"] and not any(win["value"] > 0 for win in row["winners"])]
         files = []
         pages = [chosen[name][i:i + page_units] for i in range(0, len(chosen[name]), page_units)]
         for p, page in enumerate(pages, 1):
@@ -650,22 +656,25 @@ def write_topk(out, model: nn.Module, model_name: str, source: ImageSource, spec
                                  (as_display(pr.projection), pr.patch, pr.value, _caption(source, pr.image)))
                 rows.append((u, cells))
             unit_range = f"units {page[0]}–{page[-1]}" if page == list(range(page[0], page[-1] + 1)) else "units"
-            title = (f"{model_name} · {name} · top {top} activations per unit over {result.images} images "
-                     f"({source.name}){' · distinct images' if distinct_images else ''} · {unit_range} · page "
+            title = (figure_title(model_name, weights=(extra or {}).get("weights"), layer=name, method=method,
+                                  what=f"top {top} activations per unit over {result.images} images ({source.name})")
+                     + f"{' · distinct images' if distinct_images else ''} · {unit_range} · page "
                      f"{p}/{len(pages)}\neach pair: {method} projection | image patch (receptive field)")
             file = f"topk_{safe_filename(name)}_p{p}.png"
             save_figure(topk_page(rows, title), out.path(file))
             files.append(file)
         entries.append({"layer": name, "module": info.path, "channels": info.shape[0],
                         "receptive_field": list(info.rf), "stride": list(info.jump), "files": files,
-                        "figure_units": chosen[name], "units": unit_rows})
+                        "figure_units": chosen[name], "zero_winners": zero_winners,
+                        "units_never_firing": never_fire, "units": unit_rows})
     summary = {"model": model_name, "data": source.name, "method": method, "top": top,
                "distinct_images": distinct_images, "order": ORDER, "input_size": list(spec.input_size),
                **(extra or {}), **_pass_json(result, source, batch_size, num_workers), "layers": entries}
     if dead_filters:
         stats = {n: s.cpu() for n, s in result.stats.items()}
         summary["dead_filters"] = {"min_firing": min_firing, "min_max": min_max, "figure": write_dead_filter_figure(
-            out, model_name, source.name, result.images, stats, min_firing, min_max),
+            out, model_name, source.name, result.images, stats, min_firing, min_max,
+            weights=(extra or {}).get("weights")),
             "layers": [stats_json(model, n, s, min_firing, min_max) for n, s in stats.items()]}
     return out.finish(summary)
 
@@ -683,7 +692,8 @@ def write_dead_filters(out, model: nn.Module, model_name: str, source: ImageSour
     if result.rank != 0:
         return None
     stats = {n: s.cpu() for n, s in result.stats.items()}
-    file = write_dead_filter_figure(out, model_name, source.name, result.images, stats, min_firing, min_max)
+    file = write_dead_filter_figure(out, model_name, source.name, result.images, stats, min_firing, min_max,
+                                    weights=(extra or {}).get("weights"))
     entries = [stats_json(model, n, s, min_firing, min_max) for n, s in stats.items()]
     summary = {"model": model_name, "data": source.name, "input_size": list(spec.input_size),
                "min_firing": min_firing, "min_max": min_max, **(extra or {}),

@@ -1,5 +1,12 @@
 """Figures. Each function takes tensors/arrays and returns a matplotlib Figure built
-without pyplot state; writing files is ``vizcnn.imageio.save_figure``'s job."""
+without pyplot state; writing files is ``vizcnn.imageio.save_figure``'s job.
+
+The figure standard every PNG vizcnn writes follows (the helpers below serve it):
+a title naming model, weights, layer and method (:func:`figure_title`); axes in image
+pixels wherever positions are shown (:func:`pixel_axes`); colour bars labelled with
+what they measure; at most :data:`MAX_WIDTH` inches wide at the default DPI; numbers
+without a negative zero (:func:`num`); titles wrapped to the figure (:func:`wrap`).
+"""
 from __future__ import annotations
 
 import math
@@ -11,6 +18,54 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+#: The widest figure vizcnn draws, in inches (at the default 100 dpi: 1200 px).
+MAX_WIDTH = 12.0
+
+
+def num(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` significant digits, never "-0" (a tiny negative number
+    rounds to "0", not "-0")."""
+    text = f"{float(value):.{digits}g}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def model_title(model_name: str, weights: str | None = None) -> str:
+    """``alexnet (random weights)``, ``alexnet (imagenet weights)``, ``lenet5 (weights
+    fashion-mnist)``; the bare name when the weights are not known."""
+    if weights in ("random", "imagenet"):
+        return f"{model_name} ({weights} weights)"
+    return f"{model_name} (weights {weights})" if weights else model_name
+
+
+def figure_title(model_name: str, *, weights: str | None = None, layer: str | None = None,
+                 method: str | None = None, what: str | None = None) -> str:
+    """One title line naming model and weights, then layer, method and what is shown,
+    joined by " · " (parts left as None are skipped)."""
+    parts = [model_title(model_name, weights), layer and f"layer {layer}", method, what]
+    return " · ".join(p for p in parts if p)
+
+
+def wrap(text: str, width_in: float, fontsize: float) -> str:
+    """``text`` wrapped so each line fits ``width_in`` inches at ``fontsize`` points
+    (existing line breaks kept; a character is taken as 0.6 em, generous for sans-serif)."""
+    chars = max(12, int(width_in * 72 / (0.6 * fontsize)))
+    return "\n".join(part for line in text.splitlines() for part in (textwrap.wrap(line, chars) or [""]))
+
+
+def pixel_axes(ax, height: int, width: int, *, fontsize: float = 7, labels: bool = True,
+               what: str = "") -> None:
+    """Image-pixel axes on ``ax`` (origin top left, y down), ticks at whole pixels."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=4, integer=True, min_n_ticks=2))
+    ax.tick_params(labelsize=fontsize, length=2, pad=1)
+    if labels:
+        ax.set_xlabel(f"{what}x (px)".strip(), fontsize=fontsize, labelpad=1)
+        ax.set_ylabel(f"{what}y (px)".strip(), fontsize=fontsize, labelpad=1)
+
 
 def as_display(projection: torch.Tensor) -> np.ndarray:
     """A projection (C, H, W) as an H×W×3 image the way the paper shows them:
@@ -20,6 +75,24 @@ def as_display(projection: torch.Tensor) -> np.ndarray:
     img = 0.5 + 0.5 * p / scale if scale > 0 else torch.full_like(p, 0.5)
     img = img.permute(1, 2, 0).numpy()
     return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+
+
+def look_alike(images: Sequence[torch.Tensor], threshold: float = 0.95) -> bool:
+    """Whether every image correlates above ``threshold`` with the first (resampled to a
+    common 16×16 grid first, so crops of different sizes compare)."""
+    import torch.nn.functional as F
+
+    flat = []
+    for img in images:
+        if img.numel() == 0:
+            return False
+        v = F.interpolate(img.detach().float().cpu()[None], size=(16, 16), mode="area").flatten()
+        v = v - v.mean()
+        norm = v.norm()
+        if norm == 0:
+            return False
+        flat.append(v / norm)
+    return all(float(flat[0] @ v) > threshold for v in flat[1:])
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -56,13 +129,25 @@ def deconv_grid(image: np.ndarray, projections: torch.Tensor, boxes: Sequence[tu
     height = rows * row_h + _MARGIN
     side = max((max(b - t, r - l) for t, b, l, r in boxes), default=1) or 1
     rgb = _rgb(image)
+    crops = [projections[i][:, t:b, l:r] for i, (t, b, l, r) in enumerate(boxes[:k])]
+    blank = [not bool(c.abs().max() > 0) if c.numel() else True for c in crops]
+    if any(blank):
+        n = sum(blank)
+        legend = (f"{legend}\n" if legend else "") + (
+            f"{n} of {k} projections are zero (blank grey): nothing reaches the input through those units' "
+            "rectifiers, as happens where the activation is 0 or the weights are untrained")
+    elif k > 1 and look_alike(crops):
+        legend = (f"{legend}\n" if legend else "") + (
+            "the projections look alike (correlation > 0.95): they depend little on the unit, as with "
+            "untrained or weakly trained weights")
 
-    grid_w = width * _INCH_PER_CELL
+    ipc = min(_INCH_PER_CELL, MAX_WIDTH / width)
+    grid_w = width * ipc
     fig_w = max(grid_w, _MIN_WIDTH)  # one or two pairs: room for the title, the grid centred
-    heads = [(line, 10, "black") for line in textwrap.wrap(title, int(fig_w / 0.085))]
-    heads += [(line, 8, "0.3") for line in textwrap.wrap(legend or "", int(fig_w / 0.068))]
+    heads = [(line, 10, "black") for line in wrap(title, fig_w - 0.2, 10).splitlines()]
+    heads += [(line, 8, "0.3") for line in wrap(legend or "", fig_w - 0.2, 8).splitlines()]
     title_in = 0.14 + sum(0.2 if size == 10 else 0.17 for _, size, _ in heads)
-    fig_h = height * _INCH_PER_CELL + title_in
+    fig_h = height * ipc + title_in
     fig = Figure(figsize=(fig_w, fig_h))
     ax = fig.add_axes(((1 - grid_w / fig_w) / 2, 0, grid_w / fig_w, (fig_h - title_in) / fig_h))
     ax.set_aspect("equal")
@@ -76,15 +161,17 @@ def deconv_grid(image: np.ndarray, projections: torch.Tensor, boxes: Sequence[tu
         r, c = divmod(i, columns)
         x0 = _MARGIN + _PAD + c * (pair_w + _GAP)
         y0 = r * row_h + _LABEL + _PAD
-        crop = projections[i][:, top:bottom, left:right]
         dh, dw = (bottom - top) / side, (right - left) / side
-        for j, img in enumerate((as_display(crop), rgb[top:bottom, left:right])):
+        for j, img in enumerate((as_display(crops[i]), rgb[top:bottom, left:right])):
             cx = x0 + j * (1 + _PAIR_GAP) + (1 - dw) / 2
             cy = y0 + (1 - dh) / 2
             ax.imshow(np.clip(img, 0, 1), extent=(cx, cx + dw, cy + dh, cy), interpolation="nearest")
+        if blank[i]:
+            ax.text(x0 + 0.5, y0 + 0.5, "zero\nprojection", ha="center", va="center", fontsize=7, color="0.15")
         ax.add_patch(Rectangle((x0 - _PAD, y0 - _PAD), pair_w + 2 * _PAD, 1 + 2 * _PAD, fill=False,
                                edgecolor="0.7", linewidth=0.8))
-        ax.text(x0 + pair_w / 2, y0 - _PAD - 0.04, labels[i], ha="center", va="bottom", fontsize=8)
+        ax.text(x0 + pair_w / 2, y0 - _PAD - 0.04, labels[i], ha="center", va="bottom", fontsize=7.5,
+                linespacing=1.1)
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     return fig

@@ -16,7 +16,7 @@ from .errors import BadArgumentError
 from .imageio import safe_filename, save_figure
 from .layers import conv_layers, layer_geometry, resolve_layer
 from .output import OutputDir
-from .render import deconv_grid
+from .render import deconv_grid, figure_title, num
 from .rules import ReverseRules
 from .state import preserved_model
 
@@ -74,8 +74,10 @@ def write_deconv(out: OutputDir, model: nn.Module, model_name: str, image: np.nd
         units, proj = results[name]
         info = geometry[name]
         boxes = [info.box(int(yy), int(xx), h, w) for yy, xx in zip(units.y, units.x)]
-        labels = [f"ch {int(c)}  ({float(v):.3g})" for c, v in zip(units.channel, units.value)]
-        title = f"{model_name} · {name} · top {len(units)} activations · {method}"
+        labels = [f"ch {int(c)} · activation {num(float(v))}\nreceptive field y {t}–{bt}, x {lf}–{rt} px"
+                  for c, v, (t, bt, lf, rt) in zip(units.channel, units.value, boxes)]
+        title = figure_title(model_name, weights=(extra or {}).get("weights"), layer=name, method=method,
+                             what=f"top {len(units)} activations in this image")
         file = f"deconv_{safe_filename(name)}.png"
         save_figure(deconv_grid(image, proj, boxes, labels, title), out.path(file))
         entries.append({
