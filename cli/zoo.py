@@ -1,10 +1,73 @@
 """``vizcnn models`` and ``vizcnn layers``: the zoo and its layers."""
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import click
 
 from .main import cli
 from .options import echo_summary, json_option
+
+#: The model table is computed from the architectures (every model built on the meta
+#: device, traced for geometry and FLOPs: seconds) and cached per version of the code that
+#: computes it, so `vizcnn models` after the first run needs neither torch nor the models.
+CACHE_ENV = "VIZCNN_CACHE"
+
+
+def _cache_file() -> Path:
+    """$VIZCNN_CACHE, else $XDG_CACHE_HOME/vizcnn, else ~/.cache/vizcnn; the file name is a
+    hash of the code and library versions the table depends on, so a change recomputes it."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    import vizcnn
+
+    root = Path(os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                / "vizcnn")
+    package = Path(vizcnn.__file__).parent
+    digest = hashlib.sha256()
+    for lib in ("torch", "torchvision"):
+        try:
+            digest.update(f"{lib} {version(lib)}\n".encode())
+        except PackageNotFoundError:
+            pass
+    for source in sorted([*package.glob("models/*.py"), package / "zoo.py", package / "layers.py",
+                          Path(__file__)]):
+        digest.update(source.name.encode() + source.read_bytes())
+    return root / f"models-{digest.hexdigest()[:16]}.json"
+
+
+def _model_rows(cards=None) -> list[dict]:
+    from vizcnn.zoo import model_cards
+
+    return [{
+        "name": c.spec.name, "params": c.params, "published_params": c.spec.published_params,
+        "input_size": list(c.spec.input_size), "gflops": round(c.flops / 1e9, 3),
+        "top1": c.spec.top1, "top5": c.spec.top5, "source": c.spec.source,
+        "convs": [{"layer": i.path, "kernel": list(i.kernel), "stride": list(i.stride), "receptive_field": list(i.rf)}
+                  for i in c.convs],
+    } for c in (cards if cards is not None else model_cards())]
+
+
+def cached_model_rows() -> list[dict]:
+    """The rows of `vizcnn models`, from the cache when it is current; an unreadable or
+    unwritable cache only costs the computation."""
+    try:
+        file = _cache_file()
+        return json.loads(file.read_text())["models"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    rows = _model_rows()
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        temp = file.with_name(f".{file.name}.{os.getpid()}")
+        temp.write_text(json.dumps({"models": rows}))
+        os.replace(temp, file)
+    except OSError:
+        pass
+    return rows
 
 
 @cli.command()
@@ -14,19 +77,15 @@ from .options import echo_summary, json_option
 def models(plot, as_json):
     """List every architecture: computed and published parameter counts, input size,
     FLOPs for one image, and each conv layer's kernel/stride/receptive field."""
-    from vizcnn.imageio import save_figure
-    from vizcnn.zoo import lineage_figure, model_cards
+    if plot:  # the figure needs the models anyway
+        from vizcnn.imageio import save_figure
+        from vizcnn.zoo import lineage_figure, model_cards
 
-    cards = model_cards()
-    if plot:
+        cards = model_cards()
         save_figure(lineage_figure(cards), plot)
-    rows = [{
-        "name": c.spec.name, "params": c.params, "published_params": c.spec.published_params,
-        "input_size": list(c.spec.input_size), "gflops": round(c.flops / 1e9, 3),
-        "top1": c.spec.top1, "top5": c.spec.top5, "source": c.spec.source,
-        "convs": [{"layer": i.path, "kernel": list(i.kernel), "stride": list(i.stride), "receptive_field": list(i.rf)}
-                  for i in c.convs],
-    } for c in cards]
+        rows = _model_rows(cards)
+    else:
+        rows = cached_model_rows()
     lines = [f"{'model':<18} {'params':>13} {'published':>13}  {'input':<10} {'GFLOPs':>7}  {'top-1':>6}  source"]
     for r in rows:
         top1 = f"{r['top1']:.1f}" if r["top1"] is not None else "-"

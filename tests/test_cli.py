@@ -114,3 +114,41 @@ def test_console_script_runs_in_a_subprocess(tmp_path, samples_dir):
     assert done.returncode == 0, done.stderr
     bad = subprocess.run([exe, "layers", "alexnet", "--bogus"], capture_output=True, text=True)
     assert bad.returncode == 2
+
+
+HEAVY = ("torch", "torchvision", "matplotlib", "cv2", "captum")
+
+
+def _heavy_loaded_after(code: str, env: dict | None = None) -> list[str]:
+    probe = f"import sys\n{code}\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
+def test_help_and_import_load_no_heavy_module():
+    """`vizcnn --help` and `import vizcnn` stay fast: torch & co. load when a command needs them."""
+    assert _heavy_loaded_after("import vizcnn, vizcnn.errors\nfrom cli.main import cli\n"
+                               "cli.main(['--help'], standalone_mode=False)\n"
+                               "cli.main(['deconv', '--help'], standalone_mode=False)") == []
+
+
+def test_models_table_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIZCNN_CACHE", str(tmp_path))
+    first = run("models", "--json")
+    assert first.exit_code == 0, first.output
+    assert len(list(tmp_path.glob("models-*.json"))) == 1
+    code = "from cli.main import cli\ncli.main(['models', '--json'], standalone_mode=False)"
+    assert _heavy_loaded_after(code, {**os.environ, "VIZCNN_CACHE": str(tmp_path)}) == []
+    (next(tmp_path.glob("models-*.json"))).write_text("{broken")  # a bad cache is recomputed
+    assert json.loads(run("models", "--json").output) == json.loads(first.output)
+
+
+def test_top_level_api_is_lazy_and_complete():
+    import vizcnn
+
+    for name in vizcnn.__all__:
+        assert getattr(vizcnn, name) is not None, name
+    assert callable(vizcnn.render.deconv_grid)
+    with pytest.raises(AttributeError):
+        vizcnn.no_such_thing
