@@ -1,43 +1,21 @@
 """``vizcnn report MODEL IMAGE [--data DATA]``: every analysis in one folder, with index.html."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
+
+from vizcnn.progress import Progress
 
 from .main import cli
 from .options import (default_weights, device_option, echo_summary, force_option, image_argument, json_option,
                       model_argument, out_option, seed_option, weights_option)
 
 
-class _Progress:
-    """Progress across the steps on stderr: a click progress bar on a terminal, one line
-    per step otherwise (logs, pipes), nothing with --quiet."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.stream = sys.stderr
-        self.tty = self.stream.isatty()
-        self.bar = None
-
-    def __call__(self, i: int, n: int, title: str) -> None:
-        if self.quiet:
-            return
-        if not self.tty:
-            click.echo(f"[{i}/{n}] {title}", err=True)
-            return
-        if self.bar is None:
-            self.bar = click.progressbar(length=n, label="vizcnn report", file=self.stream, show_eta=False,
-                                         show_pos=True, item_show_func=lambda t: t)
-            self.bar.__enter__()
-        self.bar.update(i - 1 - self.bar.pos, title)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.update(self.bar.length - self.bar.pos, "done")
-            self.bar.__exit__(None, None, None)
-            self.bar = None
+def _Progress(quiet: bool) -> Progress:
+    """The report's steps on stderr: redrawn in place on a terminal, one line per step
+    otherwise (the steps take minutes: logs and pipes get them too), nothing with --quiet."""
+    return Progress(quiet, lines=True, label="vizcnn report")
 
 
 @cli.command()
@@ -77,8 +55,9 @@ def report(model, image, data, layers, top, units, limit, workers, steps, dpi, f
     layer; FLOPs), the first layer's filters and spectra, the deconvnet top
     activations of each layer, the saliency maps of every method side by side,
     the sanity check (cascading randomization: gradient, guided backprop,
-    Grad-CAM), the occlusion sensitivity (Zeiler & Fergus Fig. 7) and, with
-    --data, the dataset top-k grids (Fig. 2) and dead-filter statistics.
+    Grad-CAM), the occlusion sensitivity (Zeiler & Fergus Fig. 7), the
+    invariance to translation, scale and rotation (Fig. 5) and, with --data,
+    the dataset top-k grids (Fig. 2) and dead-filter statistics.
     Each step writes into its own subfolder; index.html (static, no scripts)
     shows the figures with captions and the key numbers, summary.json holds
     every number.
@@ -109,7 +88,7 @@ def report(model, image, data, layers, top, units, limit, workers, steps, dpi, f
     extra = {"weights": str(weights), "seed": seed, "image": str(image), "device": str(dev)}
     if data is not None:
         extra["data"] = str(data)
-    progress = _Progress(quiet)
+    progress = _Progress(quiet or as_json)
     try:
         summary = write_report(folder, net, model, shown, x.to(dev), spec=spec, layers=list(layers) or None, top=top,
                                data=source, names=class_names(model), fmt=fmt, dpi=dpi, steps=steps,

@@ -91,11 +91,13 @@ def check_links(folder: Path) -> Links:
 def test_report_writes_every_step(lenet_report):
     out, result, summary = lenet_report
     assert summary["command"] == "report" and summary["errors"] == {}
-    assert summary["steps_run"] == ["card", "filters", "deconv", "saliency", "sanity", "occlusion", "dataset"]
+    assert summary["steps_run"] == ["card", "filters", "deconv", "saliency", "sanity", "occlusion", "invariance",
+                                   "dataset"]
     expected = ["index.html", "summary.json", "input.png", "filters/filters.png", "filters/spectra.png",
                 "filters/spectra_summary.png", "deconv/deconv_c1.png", "deconv/deconv_c3.png", "saliency/panel.png",
                 "saliency/gradcam_map.png", "saliency/occlusion_overlay.png", "sanity/sanity_maps.png",
-                "sanity/sanity_curves.png", "occlusion/occlusion.png", "dataset/topk_c1_p1.png",
+                "sanity/sanity_curves.png", "occlusion/occlusion.png", "invariance/invariance_rotate.png",
+                "dataset/topk_c1_p1.png",
                 "dataset/topk_c3_p1.png", "dataset/dead_filters.png"]
     for name in expected:
         assert (out / name).is_file(), name
@@ -105,7 +107,7 @@ def test_report_writes_every_step(lenet_report):
         if name.endswith(".png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     # progress: one line per step on stderr (not a terminal here), the result on stdout
-    assert "[1/7] model card" in result.stderr and "[7/7] dataset" in result.stderr
+    assert "[1/8] model card" in result.stderr and "[8/8] dataset" in result.stderr
     assert "index.html" in result.stdout and "[1/7]" not in result.stdout
 
 
@@ -156,7 +158,7 @@ def test_index_references_only_existing_files(lenet_report):
     for must in ("input.png", "saliency/panel.png", "occlusion/occlusion.png", "sanity/sanity_maps.png",
                  "filters/filters.png", "deconv/deconv_c3.png", "dataset/topk_c1_p1.png", "dataset/dead_filters.png"):
         assert must in shown, must
-    assert {"overview", "card", "filters", "deconv", "saliency", "sanity", "occlusion", "dataset"} <= page.ids
+    assert {"overview", "card", "filters", "deconv", "saliency", "sanity", "occlusion", "invariance", "dataset"} <= page.ids
 
 
 def test_index_renders_in_headless_chromium(lenet_report, tmp_path):

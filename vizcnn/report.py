@@ -16,6 +16,9 @@ saliency      saliency/     every saliency method side by side, and each map on 
                             (``vizcnn.saliency.write_saliency``)
 sanity        sanity/       cascading randomization of the layers (``vizcnn.sanity.write_sanity``)
 occlusion     occlusion/    Zeiler & Fergus Fig. 7 (``vizcnn.render_occlusion.write_occlusion``)
+invariance    invariance/   Zeiler & Fergus Fig. 5: feature distance and class probability under
+                            translation, scale and rotation
+                            (``vizcnn.render_occlusion.write_invariance``)
 dataset       dataset/      with ``data``: the top-``top`` activations of each unit over the
                             dataset (Fig. 2) and the dead-filter statistics, in one pass
                             (``vizcnn.dataset.write_topk``)
@@ -72,6 +75,7 @@ ALL_STEPS = (
     Step("saliency", "saliency maps, all methods"),
     Step("sanity", "sanity check (cascading randomization)"),
     Step("occlusion", "occlusion sensitivity"),
+    Step("invariance", "invariance to translation, scale and rotation"),
     Step("dataset", "dataset top-k and dead filters"),
 )
 
@@ -325,6 +329,12 @@ def _runners(out, model, model_name, image, x, *, spec, layers, top, data, names
 
         return plain(write_occlusion(StepFolder(out, "occlusion", fmt), model, title, image, x, class_names=names))
 
+    def invariance():
+        from .render_occlusion import write_invariance
+
+        return plain(write_invariance(StepFolder(out, "invariance", fmt), model, title, x, mean=spec.mean,
+                                      std=spec.std, class_names=names, batch_size=batch_size))
+
     def dataset():
         from .dataset import write_topk
 
@@ -333,7 +343,7 @@ def _runners(out, model, model_name, image, x, *, spec, layers, top, data, names
                                 num_workers=num_workers))
 
     return {"card": card, "filters": filters, "deconv": deconv, "saliency": saliency, "sanity": sanity,
-            "occlusion": occlusion, "dataset": dataset}
+            "occlusion": occlusion, "invariance": invariance, "dataset": dataset}
 
 
 # --------------------------------------------------------------------------- index.html
@@ -672,6 +682,29 @@ def render_index(summary: dict) -> str:
                 f"lowest {_num(mp['value'])}; (e) the most probable class per position: {shown}."),
                 alt="occlusion", fmt=fmt)
         sections.append(("occlusion", "Occlusion sensitivity", body))
+
+    # ---- invariance
+    inv = s.get("invariance")
+    if inv or "invariance" in errors:
+        body = error("invariance")
+        if inv:
+            body += ("<p>Zeiler &amp; Fergus Fig. 5: the image translated, scaled and rotated by each amount; for "
+                     "each, the Euclidean distance between the feature vectors of the original and the transformed "
+                     "image, divided by the norm of the original's, low in the network and at the last hidden "
+                     "layer, and the probability of the class predicted for the original. Pixels from outside the image are the "
+                     "dataset mean (grey).</p>")
+            body += '<div class="grid">'
+            for t in inv["transforms"]:
+                p = t["probability"]
+                body += _fig(t["file"], (
+                    f"<b>{_e(t['transform'])}</b> over {_num(min(t['amounts']))}…{_num(max(t['amounts']))}: "
+                    f"distance at {_e(t['first_layer'])} up to {_num(max(t['distance_first']))}, at "
+                    f"{_e(t['last_layer'])} up to {_num(max(t['distance_last']))}; "
+                    f"p({_e(t.get('target_name') or t['target'])}) {_num(t['probability_original'])} for the "
+                    f"original, {_num(min(p))}–{_num(max(p))} across the sweep."),
+                    alt=f"invariance {t['transform']}", fmt=fmt)
+            body += "</div>"
+        sections.append(("invariance", "Invariance: translation, scale, rotation", body))
 
     # ---- dataset
     if ds or "dataset" in errors:
