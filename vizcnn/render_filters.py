@@ -17,6 +17,7 @@ from torch import nn
 from .errors import BadArgumentError
 from .imageio import save_figure
 from .output import OutputDir
+from .render import MAX_WIDTH, figure_title, num, wrap
 from .spectra import (BANDS, ConvFilters, FilterSpectra, conv_filters, filter_spectra,
                       noise_alias_fraction, per_filter, summarize)
 
@@ -90,13 +91,20 @@ def filter_grid(weight: torch.Tensor, title: str, *, flagged: torch.Tensor | Non
     h, w = images.shape[1:3]
     gap = max(1, round(max(h, w) / 5))
     mosaic = _mosaic(images[:n], columns, gap, 1.0)
-    fig = Figure(figsize=(min(16.0, max(7.0, 0.75 * columns + 0.4)), min(16.0, 0.75 * rows) + 0.9),
-                 layout="constrained")
+    fig_w = min(MAX_WIDTH, max(7.0, 0.75 * columns + 0.4))
     note = f"{legend} (numbered row by row from 0), {what}, each scaled to its own min–max"
     if flagged is not None and bool(flagged[:n].any()):
         note += f"\nred frame: no spatial structure ({int(flagged.sum())} of {len(images)})"
+    w_all = weight.detach().flatten(1)[:n]
+    constant = int((w_all.amax(dim=1) == w_all.amin(dim=1)).sum()) if w_all.numel() else 0
+    if constant:
+        note += f"\nconstant filters (all weights equal, drawn flat mid-grey): {constant}"
+    heading = wrap(f"{title}\n{note}", fig_w - 0.3, 9)
+    tile_in = min(0.75, (fig_w - 0.4) / columns)  # the grid shrinks to fit the width
+    fig = Figure(figsize=(fig_w, min(16.0, tile_in * rows) + 0.5 + 0.16 * heading.count("\n")),
+                 layout="constrained")
     ax = fig.subplots()
-    ax.set_title(f"{title}\n{note}", fontsize=9)
+    fig.suptitle(heading, fontsize=9)
     ax.imshow(mosaic, interpolation="nearest")
     ax.axis("off")
     if flagged is not None:
@@ -127,13 +135,19 @@ def spectra_grid(spectra: FilterSpectra, title: str, *, max_filters: int = MAX_S
     freq = spectra.freq.cpu().numpy()
     step = float(freq[1] - freq[0]) if len(freq) > 1 else 1.0
     ny, nx = 0.5 / spectra.stride[0], 0.5 / spectra.stride[1]
-    fig = Figure(figsize=(min(16.0, max(7.5, 1.0 * columns + 1.6)), min(16.0, 1.0 * rows) + 1.6),
-                 layout="constrained")
-    ax = fig.subplots()
+    fig_w = min(MAX_WIDTH, max(7.5, 1.0 * columns + 1.6))
     box = (f"cyan box: Nyquist of stride {_stride_text(spectra.stride)}, |fx| ≤ {nx:g}, |fy| ≤ {ny:g}"
            if spectra.stride != (1, 1) else "stride 1: nothing aliases")
-    ax.set_title(f"{title}\npower spectra, dB below each filter's peak ({legend}, numbered row by row)\n"
-                 f"{box}\nabove each tile: filter: % of its energy outside the box (aliased)", fontsize=9)
+    zero = np.flatnonzero((power[:n].flatten(1).amax(dim=1) <= 0).numpy())
+    heading = wrap(f"{title}\npower spectra, dB below each filter's peak ({legend}, numbered row by row)\n"
+                   f"{box}\nabove each tile: filter: % of its energy outside the box (aliased)"
+                   + (f"\nall-zero filters (no spectrum, drawn black): {', '.join(map(str, zero))}" if len(zero) else ""),
+                   fig_w - 0.3, 9)
+    tile_in = min(1.0, (fig_w - 1.6) / columns)  # the grid shrinks to fit the width
+    fig = Figure(figsize=(fig_w, min(16.0, tile_in * rows) + 1.0 + 0.16 * heading.count("\n")),
+                 layout="constrained")
+    ax = fig.subplots()
+    fig.suptitle(heading, fontsize=9)
     cmap = colormaps["magma"].with_extremes(bad="white")  # the gaps between tiles
     image = ax.imshow(mosaic, cmap=cmap, vmin=-db_range, vmax=0, interpolation="nearest")
 
@@ -173,8 +187,8 @@ def summary_figure(spectra: FilterSpectra, title: str, bands: tuple[float, float
     threshold."""
     s = spectra
     numbers = summarize(s, bands)
-    fig = Figure(figsize=(14, 4.4), layout="constrained")
-    fig.suptitle(title, fontsize=11)
+    fig = Figure(figsize=(MAX_WIDTH, 4.8), layout="constrained")
+    fig.suptitle(wrap(title, MAX_WIDTH - 0.4, 10), fontsize=10)
     a, b, c = fig.subplots(1, 3)
 
     bins = np.arange(0, math.sqrt(0.5) + 1 / 32, 1 / 32)
@@ -191,7 +205,7 @@ def summary_figure(spectra: FilterSpectra, title: str, bands: tuple[float, float
     a.axvline(nyq, color="red", linewidth=1.5, label=f"Nyquist of stride {max(s.stride)} ({nyq:g})")
     fr = numbers["bands"]["fractions"]
     a.set_title(f"(a) dominant frequency: low {fr['low']:.0%} · mid {fr['mid']:.0%} · high {fr['high']:.0%}"
-                f"\nhistogram entropy {numbers['frequency_entropy']:.2f} (0 one bin … 1 even)", fontsize=9)
+                f"\nhistogram entropy {num(numbers['frequency_entropy'], 2)} (0 one bin … 1 even)", fontsize=8.5)
     a.set_xlabel("radial frequency (cycles/pixel)")
     a.set_ylabel("filters")
     a.set_xlim(0, math.sqrt(0.5))
@@ -203,10 +217,10 @@ def summary_figure(spectra: FilterSpectra, title: str, bands: tuple[float, float
     noise = noise_alias_fraction(s.stride)
     b.axhline(noise, color="black", linestyle="--", linewidth=1, label=f"white noise: 1 − 1/s² = {noise:.3g}")
     af = numbers["alias_fraction"]
-    b.set_title(f"(b) energy outside the Nyquist square of stride {_stride_text(s.stride)}\n"
-                f"median {af['median']:.2f} · energy-weighted {af['energy_weighted']:.2f}", fontsize=9)
+    b.set_title(f"(b) energy outside the Nyquist square, stride {_stride_text(s.stride)}\n"
+                f"median {af['median']:.2f} · energy-weighted {af['energy_weighted']:.2f}", fontsize=8.5)
     b.set_xlabel("filter (sorted)")
-    b.set_ylabel("aliasing fraction (of the filter's energy)")
+    b.set_ylabel("aliased fraction of the filter's energy")
     b.set_ylim(0, 1)
     b.set_xlim(-0.5, len(alias) - 0.5)
     b.legend(fontsize=7, loc="lower left")
@@ -221,8 +235,8 @@ def summary_figure(spectra: FilterSpectra, title: str, bands: tuple[float, float
         c.axhline(float(thresholds[0]), color="black", linestyle="--", linewidth=1,
                   label=f"noise {100 * (1 - numbers['structure']['noise_quantile']):.0f}th percentile")
     st = numbers["structure"]
-    c.set_title(f"(c) structure = 1 − spectral flatness / white noise's\n"
-                f"{st['unstructured']} of {len(s)} filters noise-like (no spatial structure)", fontsize=9)
+    c.set_title(f"(c) structure = 1 − spectral flatness / noise's\n"
+                f"{st['unstructured']} of {len(s)} filters noise-like (no structure)", fontsize=8.5)
     c.set_xlabel("filter (sorted)")
     c.set_ylabel("structure score (0 noise … 1 pure tone)")
     c.set_ylim(0, 1.02)
@@ -239,12 +253,17 @@ def write_filters(out: OutputDir, model: nn.Module, model_name: str, layer: str 
     s = filter_spectra(conv.weight, conv.stride, size=size)
     numbers = summarize(s, bands)  # checks the band edges before any file is written
     out_c, in_c, kh, kw = conv.weight.shape
-    head = (f"{model_name} · {conv.name} ({conv.path}) · {out_c} filters {kh}×{kw}×{in_c} · "
-            f"stride {_stride_text(conv.stride)}")
+    weights = (extra or {}).get("weights")
+    layer = conv.name if conv.name == conv.path else f"{conv.name} ({conv.path})"
+    shape = f"{out_c} filters {kh}×{kw}×{in_c}, stride {_stride_text(conv.stride)}"
+
+    def head(method: str) -> str:
+        return figure_title(model_name, weights=weights, layer=layer, method=method, what=shape)
+
     files = {"filters": "filters.png", "spectra": "spectra.png", "summary": "spectra_summary.png"}
-    save_figure(filter_grid(conv.weight, head, flagged=~s.structured), out.path(files["filters"]))
-    save_figure(spectra_grid(s, head), out.path(files["spectra"]))
-    save_figure(summary_figure(s, head, bands), out.path(files["summary"]))
+    save_figure(filter_grid(conv.weight, head("filter weights"), flagged=~s.structured), out.path(files["filters"]))
+    save_figure(spectra_grid(s, head("power spectra")), out.path(files["spectra"]))
+    save_figure(summary_figure(s, head("spectral summary"), bands), out.path(files["summary"]))
     summary = {
         "model": model_name, "layer": conv.name, "module": conv.path,
         "weight_shape": [out_c, in_c, kh, kw], "dilation": list(conv.dilation), "groups": conv.groups,

@@ -16,6 +16,8 @@ import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from .render import MAX_WIDTH, num, pixel_axes, wrap
+
 CMAP = "turbo"
 #: Percentile of a map shown as full colour.
 PERCENTILE = 99.5
@@ -64,6 +66,11 @@ def overlay(image: np.ndarray, m: torch.Tensor | np.ndarray, *, alpha: float = 0
     return np.clip((1 - a) * base + a * heatmap(m, cmap), 0, 1)
 
 
+def _constant_note(a: np.ndarray) -> str:
+    """A caption line for a map that shows nothing (every pixel the same value)."""
+    return f"\nthe map is constant ({num(a.max())}) everywhere: nothing is salient" if a.max() == a.min() else ""
+
+
 def _off(ax) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
@@ -73,28 +80,28 @@ def map_figure(m: torch.Tensor, title: str, label: str, *, cmap: str = CMAP) -> 
     """The map alone, in its own units, with a colour bar (open at the top: values above
     the 99.5th percentile are shown as the top colour)."""
     a = _np(m)
-    fig = Figure(figsize=(5.2, 4.6), layout="constrained")
+    fig = Figure(figsize=(5.6, 5.2), layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(a, cmap=cmap, vmin=0, vmax=display_max(a), interpolation="nearest")
-    _off(ax)
-    ax.set_title(title, fontsize=9)
+    pixel_axes(ax, *a.shape[:2])
+    fig.suptitle(wrap(title + _constant_note(a), 5.3, 9), fontsize=9)
     bar = fig.colorbar(im, ax=ax, shrink=0.85, extend="max" if a.max() > display_max(a) else "neither")
-    bar.set_label(label, fontsize=8)
+    bar.set_label(wrap(label, 4.0, 8), fontsize=8)
     bar.ax.tick_params(labelsize=7)
     return fig
 
 
 def overlay_figure(image: np.ndarray, m: torch.Tensor, title: str, *, cmap: str = CMAP) -> Figure:
     """The image and the map overlaid on it, side by side."""
-    fig = Figure(figsize=(7.6, 4.2), layout="constrained")
+    fig = Figure(figsize=(8.0, 4.6), layout="constrained")
     axes = fig.subplots(1, 2)
     axes[0].imshow(_rgb(image), interpolation="nearest")
     axes[0].set_title("input", fontsize=9)
     axes[1].imshow(overlay(image, m, cmap=cmap), interpolation="nearest")
     axes[1].set_title("saliency overlay", fontsize=9)
     for ax in axes:
-        _off(ax)
-    fig.suptitle(title, fontsize=10)
+        pixel_axes(ax, *_rgb(image).shape[:2])
+    fig.suptitle(wrap(title + _constant_note(_np(m)), 7.6, 10), fontsize=10)
     _colour_key(fig, axes, cmap)
     return fig
 
@@ -111,20 +118,27 @@ def _colour_key(fig: Figure, axes, cmap: str) -> None:
 
 def panel_figure(image: np.ndarray, maps: Mapping[str, torch.Tensor], title: str,
                  subtitles: Mapping[str, str] | None = None, *, cmap: str = CMAP) -> Figure:
-    """One row: the image, then each method's map overlaid on it, titled with the method."""
+    """The image, then each method's map overlaid on it, titled with the method; at most
+    four panels a row (rows wrap), pixel axes on the input."""
     n = len(maps) + 1
-    fig = Figure(figsize=(2.05 * n + 0.9, 2.75), layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    columns = min(n, 4)
+    rows = -(-n // columns)
+    side = 2.3
+    fig = Figure(figsize=(side * columns + 1.2, (side + 0.45) * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).flat
     axes[0].imshow(_rgb(image), interpolation="nearest")
     axes[0].set_title("input", fontsize=9)
+    pixel_axes(axes[0], *_rgb(image).shape[:2], fontsize=6)
     for ax, (method, m) in zip(axes[1:], maps.items()):
         ax.imshow(overlay(image, m, cmap=cmap), interpolation="nearest")
         sub = (subtitles or {}).get(method)
-        ax.set_title(method + (f"\n{sub}" if sub else ""), fontsize=8)
-    for ax in axes:
-        _off(ax)
-    fig.suptitle(title, fontsize=10)
-    _colour_key(fig, axes, cmap)
+        blank = " (constant: nothing salient)" if _np(m).max() == _np(m).min() else ""
+        ax.set_title(wrap(method + blank + (f"\n{sub}" if sub else ""), side - 0.1, 8), fontsize=8)
+        pixel_axes(ax, *_rgb(image).shape[:2], fontsize=6, labels=False)
+    for ax in axes[n:]:
+        ax.axis("off")
+    fig.suptitle(wrap(title, side * columns + 0.8, 10), fontsize=10)
+    _colour_key(fig, list(axes[:n]), cmap)
     return fig
 
 
@@ -136,7 +150,9 @@ def sanity_maps_figure(maps: Mapping[str, Sequence[torch.Tensor]], columns: Sequ
     notes: a second line under each method's row label (its verdict)."""
     methods = list(maps)
     ncol = len(columns) + (image is not None)
-    fig = Figure(figsize=(1.05 * ncol + 1.3, 1.15 * len(methods) + 1.3), layout="constrained")
+    tile = min(1.05, (MAX_WIDTH - 1.8) / ncol)  # many cascade steps: smaller tiles, never wider than the page
+    fig_w = tile * ncol + 1.8
+    fig = Figure(figsize=(fig_w, (tile + 0.1) * len(methods) + 1.6), layout="constrained")
     axes = fig.subplots(len(methods), ncol, squeeze=False)
     for r, method in enumerate(methods):
         offset = 0
@@ -150,16 +166,24 @@ def sanity_maps_figure(maps: Mapping[str, Sequence[torch.Tensor]], columns: Sequ
             ax.imshow(normalised(m), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
             a = _np(m)
             if a.max() == a.min():  # say so, rather than show a black square
-                ax.text(0.5, 0.5, f"constant\n({a.max():.2g})", transform=ax.transAxes, ha="center",
+                ax.text(0.5, 0.5, f"constant\n({num(a.max(), 2)})", transform=ax.transAxes, ha="center",
                         va="center", fontsize=6, color="0.8")
             if r == 0:
                 long = len(columns[c]) > 9
-                ax.set_title(columns[c], fontsize=7, rotation=40 if long else 0, ha="left" if long else "center")
+                ax.set_title(columns[c], fontsize=6.5, rotation=40 if long else 0, ha="left" if long else "center",
+                             rotation_mode="anchor")
         note = (notes or {}).get(method)
         axes[r, 0].set_ylabel(method + (f"\n{note}" if note else ""), fontsize=8)
         for ax in axes[r]:
             _off(ax)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(wrap(title, fig_w - 0.3, 9), fontsize=9)
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=cmap), ax=axes, shrink=0.6, pad=0.01, aspect=30)
+    bar.set_ticks([0, 1], labels=["0", "≥ 99.5th\npct."])
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label("saliency, each map to its own scale", fontsize=7)
     return fig
 
 
@@ -175,8 +199,11 @@ def sanity_curves_figure(steps: Sequence[str], metrics: Mapping[str, Mapping[str
     names = list(metrics)
     gaps = any(v is None or (isinstance(v, float) and np.isnan(v))
                for per in metrics.values() for values in per.values() for v in values)
-    fig = Figure(figsize=(max(6.0, 0.42 * len(steps) + 2.5) * len(names) / 1.6, 4.2), layout="constrained")
-    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    per_row = len(names) if len(steps) <= 12 else 1  # long cascades: one metric per row, full width
+    rows = -(-len(names) // per_row)
+    fig_w = min(MAX_WIDTH, max(6.0, 0.42 * len(steps) + 2.5) * per_row / 1.6 + 1.6)
+    fig = Figure(figsize=(fig_w, 4.2 * rows), layout="constrained")
+    axes = fig.subplots(rows, per_row, squeeze=False).flat
     x = np.arange(len(steps))
     for ax, name in zip(axes, names):
         for method, values in metrics[name].items():
@@ -189,17 +216,17 @@ def sanity_curves_figure(steps: Sequence[str], metrics: Mapping[str, Mapping[str
             ax.axvline(verdict_step, color="0.3", lw=0.8, ls=":")
         ax.set_xticks(x, list(steps), rotation=60, ha="right", fontsize=7)
         ax.set_ylim(-1.05, 1.05)
-        ax.set_ylabel(f"{name} with the original map", fontsize=8)
-        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("similarity to the original map", fontsize=8)
+        ax.set_title(wrap(name, fig_w / per_row - 0.6, 9), fontsize=9)
         ax.grid(alpha=0.3)
-    fig.supxlabel("cascading randomization: re-initialised down to this layer (from the classifier, cumulative)",
-                  fontsize=8)
+    fig.supxlabel(wrap("cascading randomization: re-initialised down to this layer (from the classifier, "
+                       "cumulative)", fig_w - 2.5, 8), fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
     legend = fig.legend(handles, labels, fontsize=7, loc="outside right center",
                         title="gaps: the map became constant\n(e.g. all zero), so no ranking" if gaps else None)
     if gaps:
         legend.get_title().set_fontsize(6)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(wrap(title, fig_w - 0.3, 9), fontsize=9)
     return fig
 
 

@@ -509,9 +509,9 @@ def class_label(index: int, names: list[str] | None) -> str:
 
 def model_title(model_name: str, extra: dict | None) -> str:
     """``alexnet`` or ``alexnet (random weights)``: figures say when weights are random."""
-    weights = (extra or {}).get("weights")
-    return f"{model_name} ({weights} weights)" if weights in ("random", "imagenet") else \
-        (f"{model_name} (weights {weights})" if weights else model_name)
+    from .render import model_title as title
+
+    return title(model_name, (extra or {}).get("weights"))
 
 
 def _detail(r: SaliencyResult) -> str:
@@ -555,7 +555,10 @@ def write_saliency(out, model: nn.Module, model_name: str, image: np.ndarray, x:
     first = results[methods[0]]
     t, prob = first.target, first.probability
     cls = class_label(t, names)
-    head = f"{model_title(model_name, extra)} · target {t} “{cls}” (p = {prob:.3g})"
+    from .render import num
+
+    which = "predicted class" if target is None else "target class"
+    head = f"{model_title(model_name, extra)} · {which} {t} “{cls}” (p = {num(prob)})"
     entries = {}
     for method, r in results.items():
         detail = _detail(r)
@@ -572,7 +575,8 @@ def write_saliency(out, model: nn.Module, model_name: str, image: np.ndarray, x:
                "display": "maps scaled to their 99.5th percentile", "methods": entries}
     if len(methods) > 1:
         subtitles = {m: _detail(r).lstrip(" ·") for m, r in results.items() if _detail(r)}
-        save_figure(panel_figure(image, {m: r.map for m, r in results.items()}, head, subtitles),
+        save_figure(panel_figure(image, {m: r.map for m, r in results.items()}, f"{head} · saliency, one method "
+                                 "per panel", subtitles),
                     out.path("panel.png"))
         summary["panel"] = "panel.png"
     return out.finish(summary)

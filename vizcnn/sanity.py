@@ -328,12 +328,14 @@ def write_sanity(out, model: nn.Module, model_name: str, image: np.ndarray, x: t
     sanity_curves.png (similarity against depth) and summary.json with the per-method
     verdicts."""
     from .imageio import save_figure
+    from .render import num
     from .render_saliency import sanity_curves_figure, sanity_maps_figure
     from .saliency import class_label, model_title
 
     r = sanity_check(model, x, methods, target, layer=layer, on_step=on_step, **kwargs)
     cls = class_label(r.target, names)
-    head = f"{model_title(model_name, extra)} · target {r.target} “{cls}” (p = {r.probability:.3g})"
+    which = "predicted class" if target is None else "target class"
+    head = f"{model_title(model_name, extra)} · {which} {r.target} “{cls}” (p = {num(r.probability)})"
     verdict_label = r.steps[r.verdict_step]
     notes = {m: {True: "passes", False: "FAILS", None: "no verdict"}[r.verdicts[m]["passes"]] for m in r.methods}
     save_figure(sanity_maps_figure(r.maps, r.steps, f"{head}\ncascading randomization, top layers first "
