@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .main import cli
-from .options import default_weights, echo_summary, model_argument, run_options
+from .options import default_weights, echo_summary, model_argument, output_folder, progress, run_options, wrote
 
 data_argument = click.argument("data", metavar="DATA")
 batch_option = click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
@@ -41,7 +41,6 @@ def _session(model, data, weights, seed, device, limit, out, command, force):
     from vizcnn.data import open_data
     from vizcnn.dataset import distributed
     from vizcnn.models import get_spec, load_model
-    from vizcnn.output import OutputDir
     from vizcnn.reports import resolve_device
 
     spec = get_spec(model)
@@ -50,16 +49,16 @@ def _session(model, data, weights, seed, device, limit, out, command, force):
     with distributed(resolve_device(device)) as (rank, _world, dev):
         folder = None
         if rank == 0:
-            folder = OutputDir(out or Path("vizcnn-out") / f"{command}-{model}-{_data_stem(data)}", command,
-                               force=force)
+            folder = output_folder(out or Path("vizcnn-out") / f"{command}-{model}-{_data_stem(data)}", command,
+                                   force=force)
         net = load_model(model, weights, seed=seed, device=dev)
-        yield spec, net, source, folder, {"weights": str(weights), "device": str(dev)}
+        yield spec, net, source, folder, {"weights": str(weights), "device": str(dev),
+                                          "out": str(folder.root) if folder is not None else None}
 
 
 def _line(summary: dict, folder) -> str:
-    n = len(summary["files"]) + 1  # and summary.json
     return (f"{summary['images']} images ({summary['skipped']} skipped) at {summary['images_per_second']} images/s "
-            f"on {summary['world_size']} process(es); wrote {n} file{'s' if n != 1 else ''} to {folder.root}")
+            f"on {summary['world_size']} process(es); {wrote(summary, folder)}")
 
 
 def pass_options(command):
@@ -104,13 +103,14 @@ def topk(model, data, layers, top, distinct_images, units, method, dead_filters,
     from vizcnn.dataset import write_topk
     from vizcnn.layers import conv_layers
 
-    with _session(model, data, weights, seed, device, limit, out, "topk", force) as (spec, net, source, folder, extra):
+    with _session(model, data, weights, seed, device, limit, out, "topk", force) as (spec, net, source, folder,
+                                                                                    extra), progress(as_json) as p:
         summary = write_topk(folder, net, model, source, spec, layers=list(layers) or conv_layers(net)[-1:], top=top,
                              distinct_images=distinct_images, units=units, method=method, dead_filters=dead_filters,
                              min_firing=min_firing, min_max=min_max, batch_size=batch_size, num_workers=workers,
-                             extra=extra)
+                             extra=extra, progress=p)
     if summary is not None:
-        echo_summary(summary, as_json, _line(summary, folder))
+        echo_summary(summary, as_json, _line(summary, folder), folder)
 
 
 @cli.command("dead-filters")
@@ -137,10 +137,11 @@ def dead_filters(model, data, layers, min_firing, min_max, batch_size, workers, 
     from vizcnn.layers import conv_layers
 
     with _session(model, data, weights, seed, device, limit, out, "dead-filters", force) as (spec, net, source,
-                                                                                            folder, extra):
+                                                                                            folder, extra), \
+            progress(as_json) as p:
         summary = write_dead_filters(folder, net, model, source, spec, layers=list(layers) or conv_layers(net),
                                      min_firing=min_firing, min_max=min_max, batch_size=batch_size,
-                                     num_workers=workers, extra=extra)
+                                     num_workers=workers, extra=extra, progress=p)
     if summary is not None:
         lines = [f"{e['layer']}: {e['dead']} of {e['filters']} filters dead" for e in summary["layers"]]
-        echo_summary(summary, as_json, "\n".join([*lines, _line(summary, folder)]))
+        echo_summary(summary, as_json, "\n".join([*lines, _line(summary, folder)]), folder)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .main import cli
-from .options import ImageRun, echo_summary, image_argument, model_argument, run_options
+from .options import ImageRun, echo_summary, image_argument, model_argument, progress, run_options, wrote
 
 
 @cli.command()
@@ -27,6 +27,7 @@ def deconv(model, image, layers, top, channel, method, weights, seed, device, ou
     from vizcnn.reports import write_deconv
 
     run = ImageRun("deconv", model, image, weights, seed, device, out, force)
-    summary = write_deconv(run.out, run.model, model, run.shown, run.x, layers=layers or None, top=top,
-                           channel=channel, method=method, extra=run.extra)
-    echo_summary(summary, as_json, f"wrote {len(summary['files'])} files to {run.out.root}")
+    with progress(as_json) as p:
+        summary = write_deconv(run.out, run.model, model, run.shown, run.x, layers=layers or None, top=top,
+                               channel=channel, method=method, extra=run.extra, progress=p)
+    echo_summary(summary, as_json, wrote(summary, run.out), run.out)

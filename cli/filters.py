@@ -7,7 +7,7 @@ import click
 
 from .main import cli
 from .options import (default_weights, echo_summary, force_option, json_option, model_argument, out_option,
-                      seed_option, weights_option)
+                      output_folder, seed_option, weights_option, wrote)
 
 
 @cli.command()
@@ -34,7 +34,6 @@ def filters(model, layer, size, weights, seed, out, force, as_json):
     """
     from vizcnn.imageio import safe_filename
     from vizcnn.models import load_model
-    from vizcnn.output import OutputDir
     from vizcnn.render_filters import write_filters
     from vizcnn.spectra import conv_filters, fft_size
 
@@ -43,9 +42,10 @@ def filters(model, layer, size, weights, seed, out, force, as_json):
     conv = conv_filters(net, layer)  # a bad layer or FFT size fails here, before the folder is made
     fft_size(tuple(conv.weight.shape[-2:]), size)
     default_out = Path("vizcnn-out") / f"filters-{model}-{safe_filename(conv.name)}"
-    folder = OutputDir(out or default_out, "filters", force=force)
+    folder = output_folder(out or default_out, "filters", force=force)
     summary = write_filters(folder, net, model, layer, size=size,
-                            extra={"weights": str(weights), "seed": seed if weights == "random" else None})
+                            extra={"weights": str(weights), "seed": seed if weights == "random" else None,
+                                   "out": str(folder.root)})
     af, bands = summary["alias_fraction"], summary["bands"]["fractions"]
     echo_summary(summary, as_json,
                  f"{model} {summary['layer']} ({summary['module']}): {summary['filters']} filters, "
@@ -53,4 +53,4 @@ def filters(model, layer, size, weights, seed, out, force, as_json):
                  f"aliasing fraction median {af['median']:.2f} (white noise {af['noise_expected']:.2f}); "
                  f"peaks low/mid/high {bands['low']:.0%}/{bands['mid']:.0%}/{bands['high']:.0%}; "
                  f"{summary['structure']['unstructured']} without spatial structure\n"
-                 f"wrote {len(summary['files'])} files to {folder.root}")
+                 + wrote(summary, folder), folder)

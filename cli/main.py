@@ -14,8 +14,28 @@ class CliError(click.ClickException):
     exit_code = 2
 
 
+class Command(click.Command):
+    """Refuses an option that takes one value given more than once (click would keep the
+    last silently: ``--method gradient --method guided`` would run guided only)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            _, _, order = self.make_parser(ctx).parse_args(args=list(args))
+        except click.ClickException:
+            order = []  # the parse below reports it
+        seen: set[str] = set()
+        for param in order:
+            if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag):
+                if param.name in seen:
+                    raise CliError(f"{param.opts[-1]} given more than once; it takes one value")
+                seen.add(param.name)
+        return super().parse_args(ctx, args)
+
+
 class Group(click.Group):
     """Turns vizcnn's own errors into one-line messages with exit code 2."""
+
+    command_class = Command
 
     def invoke(self, ctx: click.Context):
         try:

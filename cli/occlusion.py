@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .main import cli
-from .options import ImageRun, echo_summary, image_argument, model_argument, run_options
+from .options import ImageRun, echo_summary, image_argument, model_argument, progress, run_options, wrote
 
 batch_option = click.option("--batch-size", default=64, show_default=True, type=int,
                             help="Images per forward pass.")
@@ -44,13 +44,16 @@ def occlusion(model, image, window, stride, layer, target, full, batch_size, wei
     # Bad sizes fail before anything loads: the image is fitted to the model's input size.
     tops, lefts = positions(get_spec(model).input_size[1:], window, stride)
     run = ImageRun("occlusion", model, image, weights, seed, device, out, force)
-    summary = write_occlusion(run.out, run.model, model, run.shown, run.x, window=window, stride=stride, layer=layer,
-                              target=target, incremental=False if full else "auto", batch_size=batch_size,
-                              class_names=run.class_names, extra=run.extra)
+    with progress(as_json) as p:  # one step: say what runs
+        p(0, 1, f"occlusion, {len(tops)}×{len(lefts)} positions")
+        summary = write_occlusion(run.out, run.model, model, run.shown, run.x, window=window, stride=stride,
+                                  layer=layer, target=target, incremental=False if full else "auto",
+                                  batch_size=batch_size, class_names=run.class_names, extra=run.extra)
+        p(1, 1, f"occlusion, {len(tops)}×{len(lefts)} positions")
     t = summary["timings_s"]
     echo_summary(summary, as_json,
                  f"{len(tops)}×{len(lefts)} positions, {summary['method']} inference in {t['occlusion']:.2f} s; "
-                 f"wrote {', '.join(summary['files'])} and summary.json to {run.out.root}")
+                 + wrote(summary, run.out), run.out)
 
 
 @cli.command()
@@ -90,7 +93,10 @@ def invariance(model, image, transform, amounts, border, target, batch_size, wei
         except ValueError:
             raise BadArgumentError(f"--amounts must be comma-separated numbers, got {amounts!r}") from None
     run = ImageRun("invariance", model, image, weights, seed, device, out, force)
-    summary = write_invariance(run.out, run.model, model, run.x, transforms=transforms, amounts=sweep, target=target,
-                               border=border, batch_size=batch_size, mean=run.spec.mean, std=run.spec.std,
-                               class_names=run.class_names, extra=run.extra)
-    echo_summary(summary, as_json, f"wrote {', '.join(summary['files'])} and summary.json to {run.out.root}")
+    with progress(as_json) as p:
+        p(0, 1, f"invariance sweeps ({', '.join(transforms)})")
+        summary = write_invariance(run.out, run.model, model, run.x, transforms=transforms, amounts=sweep,
+                                   target=target, border=border, batch_size=batch_size, mean=run.spec.mean,
+                                   std=run.spec.std, class_names=run.class_names, extra=run.extra)
+        p(1, 1, f"invariance sweeps ({', '.join(transforms)})")
+    echo_summary(summary, as_json, wrote(summary, run.out), run.out)

@@ -9,7 +9,7 @@ model_argument = click.argument("model", metavar="MODEL")
 image_argument = click.argument("image", type=click.Path(dir_okay=True, path_type=str), metavar="IMAGE")
 
 weights_option = click.option(
-    "--weights", default="default", show_default=True, metavar="WEIGHTS",
+    "--weights", default="default", metavar="WEIGHTS",
     help="imagenet (torchvision's published weights, cached after one download), random (seeded), "
          "a sample checkpoint name (fashion-mnist for lenet5), or a checkpoint file. "
          "default: imagenet where published, else random.")
@@ -31,8 +31,46 @@ def default_weights(model: str, weights: str) -> str:
     return "imagenet" if get_spec(model).tv_name else "random"
 
 
-def echo_summary(summary: dict, as_json: bool, text: str) -> None:
+def echo_summary(summary: dict, as_json: bool, text: str, out=None) -> None:
+    """``text`` on stdout, or with --json the summary, naming its output folder ``out``."""
+    if as_json and out is not None:
+        summary = {**summary, "out": str(getattr(out, "root", out))}
     click.echo(json.dumps(summary, indent=2) if as_json else text)
+
+
+def wrote(summary: dict, out) -> str:
+    """"wrote N files to DIR", summary.json counted."""
+    n = len(set(summary["files"]) | {"summary.json"})
+    return f"wrote {n} file{'s' if n != 1 else ''} to {getattr(out, 'root', out)}"
+
+
+def progress(as_json: bool):
+    """The progress of a command's long steps on stderr: on a terminal only, never with --json."""
+    from vizcnn.progress import Progress
+
+    return Progress(quiet=as_json)
+
+
+def output_folder(folder, command: str, *, force: bool):
+    """The run's OutputDir; a folder this run creates is removed again if the run ends
+    with nothing in it (a failed run leaves no folder behind)."""
+    from pathlib import Path
+
+    from vizcnn.output import OutputDir
+
+    root = Path(folder)
+    created = not root.exists()
+    out = OutputDir(root, command, force=force)
+    ctx = click.get_current_context(silent=True)
+    if created and ctx is not None:
+        def remove_if_empty() -> None:
+            try:
+                root.rmdir()  # only an empty folder
+            except OSError:
+                pass
+
+        ctx.call_on_close(remove_if_empty)
+    return out
 
 
 def run_options(command):
@@ -54,7 +92,6 @@ class ImageRun:
 
         from vizcnn.inputs import load_input
         from vizcnn.models import class_names, get_spec, load_model
-        from vizcnn.output import OutputDir
         from vizcnn.reports import resolve_device
 
         self.spec = get_spec(model)
@@ -64,6 +101,7 @@ class ImageRun:
         self.model = load_model(model, self.weights, seed=seed, device=self.device)
         self.x = x.to(self.device)
         self.class_names = class_names(model)
-        self.out = OutputDir(out or Path("vizcnn-out") / f"{command}-{model}-{Path(image).stem}", command,
-                             force=force)
-        self.extra = {"weights": str(self.weights), "image": str(image), "device": str(self.device)}
+        self.out = output_folder(out or Path("vizcnn-out") / f"{command}-{model}-{Path(image).stem}", command,
+                                 force=force)
+        self.extra = {"weights": str(self.weights), "image": str(image), "device": str(self.device),
+                      "out": str(self.out.root)}

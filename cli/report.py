@@ -9,7 +9,7 @@ from vizcnn.progress import Progress
 
 from .main import cli
 from .options import (default_weights, device_option, echo_summary, force_option, image_argument, json_option,
-                      model_argument, out_option, seed_option, weights_option)
+                      model_argument, out_option, output_folder, seed_option, weights_option, wrote)
 
 
 def _Progress(quiet: bool) -> Progress:
@@ -66,7 +66,6 @@ def report(model, image, data, layers, top, units, limit, workers, steps, dpi, f
     from vizcnn.inputs import load_input
     from vizcnn.layers import resolve_layer
     from vizcnn.models import class_names, get_spec, load_model
-    from vizcnn.output import OutputDir
     from vizcnn.report import write_report
     from vizcnn.reports import resolve_device
 
@@ -84,8 +83,8 @@ def report(model, image, data, layers, top, units, limit, workers, steps, dpi, f
     net = load_model(model, weights, seed=seed, device=dev)
     for name in layers:
         resolve_layer(net, name)
-    folder = OutputDir(out or Path("vizcnn-out") / f"report-{model}-{Path(image).stem}", "report", force=force)
-    extra = {"weights": str(weights), "seed": seed, "image": str(image), "device": str(dev)}
+    folder = output_folder(out or Path("vizcnn-out") / f"report-{model}-{Path(image).stem}", "report", force=force)
+    extra = {"weights": str(weights), "seed": seed, "image": str(image), "device": str(dev), "out": str(folder.root)}
     if data is not None:
         extra["data"] = str(data)
     progress = _Progress(quiet or as_json)
@@ -97,5 +96,5 @@ def report(model, image, data, layers, top, units, limit, workers, steps, dpi, f
         progress.close()
     for step, message in summary["errors"].items():
         click.echo(f"warning: step {step} failed: {message}", err=True)
-    echo_summary(summary, as_json, f"wrote {len(summary['files'])} files in {summary['timings_s']['total']:.1f} s; "
-                                   f"open {folder.root / 'index.html'}")
+    echo_summary(summary, as_json, f"{wrote(summary, folder)} in {summary['timings_s']['total']:.1f} s; "
+                                   f"open {folder.root / 'index.html'}", folder)

@@ -4,8 +4,10 @@ from __future__ import annotations
 import click
 
 from .main import cli
-from .options import ImageRun, echo_summary, image_argument, model_argument, run_options
+from .options import ImageRun, echo_summary, image_argument, model_argument, progress, run_options, wrote
 
+#: a method's verdict as printed: passes None where no step reached the verdict depth
+VERDICT = {True: "passes", False: "FAILS", None: "no verdict"}
 METHODS = ("gradient", "deconvnet", "guided", "integrated-gradients", "smoothgrad", "gradcam", "occlusion")
 
 target_option = click.option("--target", type=click.IntRange(min=0), default=None, metavar="N",
@@ -17,8 +19,9 @@ steps_option = click.option("--steps", default=50, show_default=True, type=click
 @cli.command()
 @model_argument
 @image_argument
-@click.option("--method", type=click.Choice([*METHODS, "all"]), default="gradient", show_default=True,
-              help="Saliency method; all: every method, plus a side-by-side panel.")
+@click.option("--method", "method", type=click.Choice([*METHODS, "all"]), multiple=True, default=["gradient"],
+              show_default=True, help="Saliency method (repeatable); all: every method. Several methods also "
+                                      "get a side-by-side panel.")
 @target_option
 @click.option("--layer", default=None, metavar="NAME",
               help="Grad-CAM layer (default: the last conv feature map). See `vizcnn layers MODEL`.")
@@ -34,15 +37,16 @@ def saliency(model, image, method, target, layer, steps, weights, seed, device, 
     from vizcnn.errors import BadArgumentError
     from vizcnn.saliency import write_saliency
 
-    methods = list(METHODS) if method == "all" else [method]
+    methods = list(METHODS) if "all" in method else list(dict.fromkeys(method))
     if layer is not None and "gradcam" not in methods:
-        raise BadArgumentError(f"--layer applies to --method gradcam (or all), not {method}")
+        raise BadArgumentError(f"--layer applies to --method gradcam (or all), not {', '.join(methods)}")
     run = ImageRun("saliency", model, image, weights, seed, device, out, force)
-    summary = write_saliency(run.out, run.model, model, run.shown, run.x, methods=methods, target=target,
-                             layer=layer, names=run.class_names, extra=run.extra, steps=steps, samples=steps)
+    with progress(as_json) as p:
+        summary = write_saliency(run.out, run.model, model, run.shown, run.x, methods=methods, target=target,
+                                 layer=layer, names=run.class_names, extra=run.extra, steps=steps, samples=steps,
+                                 progress=p)
     echo_summary(summary, as_json, f"{summary['class_name']} (class {summary['target']}, "
-                                   f"p = {summary['probability']:.3g}): wrote {len(summary['files'])} files "
-                                   f"to {run.out.root}")
+                                   f"p = {summary['probability']:.3g}): {wrote(summary, run.out)}", run.out)
 
 
 @cli.command(short_help="Sanity checks (Adebayo et al. 2018): do the maps change when the weights do?")
@@ -76,9 +80,9 @@ def sanity(model, image, methods, target, layer, steps, weights, seed, device, o
     if layer is not None and "gradcam" not in chosen:
         raise BadArgumentError("--layer applies to gradcam; add it to --methods")
     run = ImageRun("sanity", model, image, weights, seed, device, out, force)
-    summary = write_sanity(run.out, run.model, model, run.shown, run.x, methods=chosen, target=target, layer=layer,
-                           names=run.class_names, extra=run.extra, steps=steps, samples=steps,
-                           on_step=lambda i, n, label: click.echo(f"  step {i}/{n}: re-initialised {label}", err=True))
-    passed = [m for m, v in summary["verdicts"].items() if v["passes"]]
-    echo_summary(summary, as_json, f"passes: {', '.join(passed) or 'none'}; "
-                                   f"wrote {len(summary['files'])} files to {run.out.root}")
+    with progress(as_json) as p:
+        summary = write_sanity(run.out, run.model, model, run.shown, run.x, methods=chosen, target=target,
+                               layer=layer, names=run.class_names, extra=run.extra, steps=steps, samples=steps,
+                               on_step=lambda i, n, label: p(i, n, f"re-initialised {label}"))
+    verdicts = [f"{m}: {VERDICT[v['passes']]}" for m, v in summary["verdicts"].items()]
+    echo_summary(summary, as_json, "\n".join([*verdicts, wrote(summary, run.out)]), run.out)

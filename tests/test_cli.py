@@ -41,6 +41,7 @@ def test_deconv_writes_grids_and_summary(tmp_path, samples_dir):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary == json.loads((out / "summary.json").read_text())
+    assert summary["out"] == str(out)
     assert [entry["layer"] for entry in summary["layers"]] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     assert sorted(os.listdir(out)) == sorted(summary["files"] + ["summary.json"])
     for entry in summary["layers"]:
@@ -81,9 +82,10 @@ def test_deconv_bad_arguments(tmp_path, samples_dir, args, fragments):
         if torch.cuda.is_available():
             pytest.skip("a GPU is present")
     out = tmp_path / "out"
-    result = run("deconv", "alexnet", samples_dir / "cat.jpg", "--weights", "random", "--out", out, *args)
+    weights = [] if "--weights" in args else ["--weights", "random"]
+    result = run("deconv", "alexnet", samples_dir / "cat.jpg", *weights, "--out", out, *args)
     assert_usage_error(result, *fragments)
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()  # a failed run leaves no folder behind
 
 
 def test_deconv_bad_files_and_folders(tmp_path, samples_dir):
@@ -152,3 +154,37 @@ def test_top_level_api_is_lazy_and_complete():
     assert callable(vizcnn.render.deconv_grid)
     with pytest.raises(AttributeError):
         vizcnn.no_such_thing
+
+
+def test_a_single_value_option_given_twice_is_an_error(tmp_path, samples_dir):
+    result = run("deconv", "alexnet", samples_dir / "cat.jpg", "--method", "gradient", "--method", "guided",
+                 "--out", tmp_path / "o")
+    assert_usage_error(result, "--method given more than once")
+    assert not (tmp_path / "o").exists()
+    assert_usage_error(run("filters", "lenet5", "--layer", "c1", "--layer=c3"), "--layer given more than once")
+
+
+def test_weights_help_shows_no_fake_default():
+    out = run("deconv", "--help").output
+    assert "[default: default]" not in out and "default: imagenet where published" in " ".join(out.split())
+
+
+def test_saliency_methods_repeat_and_text_counts_summary(tmp_path, samples_dir):
+    out = tmp_path / "s"
+    result = run("saliency", "lenet5", samples_dir / "camera.png", "--weights", "random", "--method", "gradient",
+                 "--method", "guided", "--out", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"gradient", "guided"} and "panel.png" in summary["files"]
+    n = len(os.listdir(out))
+    assert f"wrote {n} files to {out}" in result.output
+
+
+def test_sanity_prints_every_verdict(tmp_path, samples_dir):
+    result = run("sanity", "lenet5", samples_dir / "camera.png", "--weights", "random", "--methods",
+                 "gradient,guided", "--steps", "2", "--out", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    for method in ("gradient", "guided"):
+        assert any(line.startswith(f"{method}: ") for line in lines), result.stdout
+    assert "re-initialised" not in result.stdout  # progress goes to stderr, and only on a terminal

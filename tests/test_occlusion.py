@@ -296,8 +296,9 @@ def test_cli_occlusion_full_on_lenet(tmp_path, samples_dir):
     (("--target", "10"), "out of range"), (("--layer", "f6"), "spatial feature map"),
 ])
 def test_cli_occlusion_bad_arguments_one_line(tmp_path, samples_dir, args, fragment):
+    sizes = [a for o in ("--window", "--stride") if o not in args for a in (o, "8")]  # each option once
     result = run("occlusion", "lenet5", samples_dir / "camera.png", "--weights", "random", "--out", tmp_path / "o",
-                 "--window", "8", "--stride", "8", *args)
+                 *sizes, *args)
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], result.output

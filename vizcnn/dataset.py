@@ -48,6 +48,7 @@ from .data import Batch, ImageSource, Skipped, load, loader
 from .errors import BadArgumentError, BadInputError
 from .extract import Extractor
 from .layers import layer_geometry, resolve_layer
+from .progress import ProgressFn, each
 
 log = logging.getLogger("vizcnn.data")
 
@@ -394,7 +395,8 @@ def scan_batches(model: nn.Module, batches: Iterable[Batch], input_size: tuple[i
 
 def scan(model: nn.Module, source: ImageSource, spec, *, topk_layers: Sequence[str] = (),
          stats_layers: Sequence[str] = (), top: int = 9, distinct_images: bool = False, batch_size: int = 32,
-         num_workers: int | None = None, group=None, geometry: dict | None = None) -> ScanResult:
+         num_workers: int | None = None, group=None, geometry: dict | None = None,
+         progress: ProgressFn | None = None) -> ScanResult:
     """One pass over ``source``, prepared for ``spec`` (the model's ModelSpec, or anything
     with ``input_size``, ``mean``, ``std``), on the model's device.
 
@@ -408,6 +410,8 @@ def scan(model: nn.Module, source: ImageSource, spec, *, topk_layers: Sequence[s
     device = model_device(model)
     batches = loader(source, spec, indices=range(rank, len(source), world), batch_size=batch_size,
                      num_workers=num_workers, pin_memory=device.type == "cuda")
+    shard = len(range(rank, len(source), world))
+    batches = each(progress, f"data pass ({shard} images)", batches, -(-shard // batch_size))
     return scan_batches(model, batches, tuple(spec.input_size), topk_layers=topk_layers, stats_layers=stats_layers,
                         top=top, distinct_images=distinct_images, group=group, geometry=geometry)
 
@@ -480,7 +484,8 @@ class Projection:
 
 
 def project_winners(model: nn.Module, source: ImageSource, spec, layer: str, topk: TopK, units: Sequence[int], *,
-                    method: str = "deconvnet", chunk: int = 64, geometry=None) -> dict[tuple[int, int], Projection]:
+                    method: str = "deconvnet", chunk: int = 64, geometry=None,
+                    progress: ProgressFn | None = None) -> dict[tuple[int, int], Projection]:
     """Projects the winners of ``units`` back to pixels, grouped by image: per image one
     forward (truncated at ``layer``) and batched backward passes for all its winners.
 
@@ -503,7 +508,7 @@ def project_winners(model: nn.Module, source: ImageSource, spec, layer: str, top
     device = model_device(model)
     out: dict[tuple[int, int], Projection] = {}
     with preserved_model(model):
-        for i in sorted(by_image):
+        for i in each(progress, f"projecting {layer}'s winners (images)", sorted(by_image)):
             try:
                 shown, x = load(source, i, spec)
             except BadInputError as e:
@@ -591,7 +596,7 @@ def write_topk(out, model: nn.Module, model_name: str, source: ImageSource, spec
                top: int = 9, distinct_images: bool = False, units: str | Sequence[int] | None = None,
                method: str = "deconvnet", dead_filters: bool = False, min_firing: float = MIN_FIRING,
                min_max: float = MIN_MAX, batch_size: int = 32, num_workers: int | None = None,
-               page_units: int = 16, extra: dict | None = None) -> dict | None:
+               page_units: int = 16, extra: dict | None = None, progress: ProgressFn | None = None) -> dict | None:
     """``vizcnn topk``: one pass (with the dead-filter statistics of the same layers when
     ``dead_filters``), then the winners of ``units`` projected (default the first page,
     ``page_units`` units; ``"all"`` for every unit), one paged PNG grid per layer
@@ -614,7 +619,8 @@ def write_topk(out, model: nn.Module, model_name: str, source: ImageSource, spec
     geometry = layer_geometry(model, tuple(spec.input_size))
     chosen = {n: parse_units(units, geometry[layer_key(model, n)].shape[0], default=page_units) for n in layers}
     result = scan(model, source, spec, topk_layers=layers, stats_layers=layers if dead_filters else (), top=top,
-                  distinct_images=distinct_images, batch_size=batch_size, num_workers=num_workers, geometry=geometry)
+                  distinct_images=distinct_images, batch_size=batch_size, num_workers=num_workers, geometry=geometry,
+                  progress=progress)
     if result.rank != 0:
         return None
     _, h, w = spec.input_size
@@ -646,7 +652,7 @@ def write_topk(out, model: nn.Module, model_name: str, source: ImageSource, spec
         pages = [chosen[name][i:i + page_units] for i in range(0, len(chosen[name]), page_units)]
         for p, page in enumerate(pages, 1):
             projections = project_winners(model, source, spec, name, result.topk[name], page, method=method,
-                                          geometry=info)
+                                          geometry=info, progress=progress)
             rows = []
             for u in page:
                 cells = []
@@ -661,6 +667,8 @@ def write_topk(out, model: nn.Module, model_name: str, source: ImageSource, spec
                      + f"{' · distinct images' if distinct_images else ''} · {unit_range} · page "
                      f"{p}/{len(pages)}\neach pair: {method} projection | image patch (receptive field)")
             file = f"topk_{safe_filename(name)}_p{p}.png"
+            if progress is not None:
+                progress(p - 1, len(pages), f"drawing {name}'s pages")
             save_figure(topk_page(rows, title), out.path(file))
             files.append(file)
         entries.append({"layer": name, "module": info.path, "channels": info.shape[0],
@@ -681,14 +689,16 @@ def write_topk(out, model: nn.Module, model_name: str, source: ImageSource, spec
 
 def write_dead_filters(out, model: nn.Module, model_name: str, source: ImageSource, spec, *,
                        layers: Sequence[str], min_firing: float = MIN_FIRING, min_max: float = MIN_MAX,
-                       batch_size: int = 32, num_workers: int | None = None, extra: dict | None = None) -> dict | None:
+                       batch_size: int = 32, num_workers: int | None = None, extra: dict | None = None,
+                       progress: ProgressFn | None = None) -> dict | None:
     """``vizcnn dead-filters``: one pass, the firing-fraction histogram (dead_filters.png)
     and summary.json with every filter's statistics. Rank 0 writes (see write_topk)."""
     _check_thresholds(min_firing, min_max)
     layers = list(dict.fromkeys(layers))
     for name in layers:
         resolve_layer(model, name)
-    result = scan(model, source, spec, stats_layers=layers, batch_size=batch_size, num_workers=num_workers)
+    result = scan(model, source, spec, stats_layers=layers, batch_size=batch_size, num_workers=num_workers,
+                  progress=progress)
     if result.rank != 0:
         return None
     stats = {n: s.cpu() for n, s in result.stats.items()}

@@ -16,6 +16,7 @@ from .errors import BadArgumentError
 from .imageio import safe_filename, save_figure
 from .layers import conv_layers, layer_geometry, resolve_layer
 from .output import OutputDir
+from .progress import ProgressFn, each
 from .render import deconv_grid, figure_title, num
 from .rules import ReverseRules
 from .state import preserved_model
@@ -33,15 +34,15 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def deconv_layers(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, top: int = 9,
-                  channel: int | None = None, method: str = "deconvnet", lrn: str = "identity"
-                  ) -> dict[str, tuple[Activations, torch.Tensor]]:
+                  channel: int | None = None, method: str = "deconvnet", lrn: str = "identity",
+                  progress: ProgressFn | None = None) -> dict[str, tuple[Activations, torch.Tensor]]:
     """For each layer: its ``top`` strongest channels in the image (or just ``channel``),
     and their projections (K, C, H, W). One forward to the deepest layer serves all."""
     x = check_input(x)
     with preserved_model(model):
         acts, leaf = forward_to(model, x, layers, ReverseRules(method, lrn=lrn))
         result = {}
-        for i, name in enumerate(layers):
+        for i, name in enumerate(each(progress, "projecting", layers)):
             act = acts[name]
             if act.dim() != 3:
                 raise BadArgumentError(f"layer {name!r} is not a spatial feature map (output {tuple(act.shape)})")
@@ -59,18 +60,19 @@ def deconv_layers(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, t
 
 def write_deconv(out: OutputDir, model: nn.Module, model_name: str, image: np.ndarray, x: torch.Tensor,
                  *, layers: Sequence[str] | None = None, top: int = 9, channel: int | None = None,
-                 method: str = "deconvnet", extra: dict | None = None) -> dict:
-    """``vizcnn deconv``: one Fig. 2-style PNG per layer and summary.json."""
+                 method: str = "deconvnet", extra: dict | None = None, progress: ProgressFn | None = None) -> dict:
+    """``vizcnn deconv``: one Fig. 2-style PNG per layer and summary.json.
+    ``progress(done, total, what)`` hears of each layer projected and drawn."""
     layers = list(layers or conv_layers(model))
     if not isinstance(top, int) or top < 1:
         raise BadArgumentError(f"--top must be a positive integer, got {top!r}")
     for name in layers:  # a bad name fails here, before any heavy work
         resolve_layer(model, name)
     geometry = layer_geometry(model, tuple(x.shape[1:]))
-    results = deconv_layers(model, x, layers, top=top, channel=channel, method=method)
+    results = deconv_layers(model, x, layers, top=top, channel=channel, method=method, progress=progress)
     h, w = x.shape[-2:]
     entries = []
-    for name in layers:
+    for name in each(progress, "drawing", layers):
         units, proj = results[name]
         info = geometry[name]
         boxes = [info.box(int(yy), int(xx), h, w) for yy, xx in zip(units.y, units.x)]

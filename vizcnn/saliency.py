@@ -56,6 +56,7 @@ from torch import nn
 from .deconv import check_input
 from .errors import BadArgumentError, BadInputError
 from .layers import friendly_names, resolve_layer
+from .progress import ProgressFn, each
 from .rules import ReverseRules
 from .state import preserved_model
 
@@ -530,13 +531,15 @@ def _detail(r: SaliencyResult) -> str:
 
 def write_saliency(out, model: nn.Module, model_name: str, image: np.ndarray, x: torch.Tensor, *,
                    methods=("gradient",), target: int | None = None, layer: str | None = None,
-                   names: list[str] | None = None, extra: dict | None = None, **kwargs) -> dict:
+                   names: list[str] | None = None, extra: dict | None = None,
+                   progress: ProgressFn | None = None, **kwargs) -> dict:
     """``vizcnn saliency``: per method a map PNG (with colour bar) and an overlay PNG; with
     several methods also a side-by-side panel; summary.json with the target, its class
     name and probability, and each map's statistics.
 
     out: a ``vizcnn.output.OutputDir``; image: the H×W×C display image in [0, 1] the
     model sees; x: its normalised tensor (1, C, H, W); names: class names or None.
+    ``progress(done, total, what)`` hears of each map computed and drawn.
     """
     from .imageio import save_figure
     from .render_saliency import map_figure, overlay_figure, panel_figure
@@ -550,8 +553,15 @@ def write_saliency(out, model: nn.Module, model_name: str, image: np.ndarray, x:
     if layer is not None:
         resolve_layer(model, layer)
     times: dict[str, float] = {}
-    results = saliency_all(model, x, methods, target, layer=layer,
-                           on_method=lambda m, s: times.__setitem__(m, s), **kwargs)
+
+    def computed(method: str, seconds: float) -> None:
+        times[method] = seconds
+        if progress is not None:
+            progress(len(times), len(methods), "computing maps")
+
+    if progress is not None:
+        progress(0, len(methods), "computing maps")
+    results = saliency_all(model, x, methods, target, layer=layer, on_method=computed, **kwargs)
     first = results[methods[0]]
     t, prob = first.target, first.probability
     cls = class_label(t, names)
@@ -560,7 +570,7 @@ def write_saliency(out, model: nn.Module, model_name: str, image: np.ndarray, x:
     which = "predicted class" if target is None else "target class"
     head = f"{model_title(model_name, extra)} · {which} {t} “{cls}” (p = {num(prob)})"
     entries = {}
-    for method, r in results.items():
+    for method, r in each(progress, "drawing", results.items()):
         detail = _detail(r)
         title = f"{head}\n{method}{detail}"
         files = {"map": f"{method}_map.png", "overlay": f"{method}_overlay.png"}
