@@ -144,7 +144,7 @@ def spectra_grid(spectra: FilterSpectra, title: str, *, max_filters: int = MAX_S
                    + (f"\nall-zero filters (no spectrum, drawn black): {', '.join(map(str, zero))}" if len(zero) else ""),
                    fig_w - 0.3, 9)
     tile_in = min(1.0, (fig_w - 1.6) / columns)  # the grid shrinks to fit the width
-    fig = Figure(figsize=(fig_w, min(16.0, tile_in * rows) + 1.0 + 0.16 * heading.count("\n")),
+    fig = Figure(figsize=(fig_w, min(16.0, tile_in * rows) + 1.3 + 0.16 * heading.count("\n")),
                  layout="constrained")
     ax = fig.subplots()
     fig.suptitle(heading, fontsize=9)
@@ -163,7 +163,7 @@ def spectra_grid(spectra: FilterSpectra, title: str, *, max_filters: int = MAX_S
                 ha="center", va="bottom", fontsize=5.5)
     ax.set_ylim(mosaic.shape[0] - 0.5, -0.5 - gap)  # room for the first row's labels
     x0, y0 = _tile_origin((rows - 1) * columns, columns, size, size, gap)
-    ticks = [-0.5, -0.25, 0.0, 0.25]
+    ticks = [-0.5, -0.25, 0.0, 0.25] if tile_in >= 0.8 else [-0.25, 0.25]  # small tiles: labels must not touch
     ax.set_xticks([x0 + 0.5 + to_px(f) for f in ticks], [f"{f:g}" for f in ticks], fontsize=6)
     ax.set_yticks([y0 + 0.5 + to_px(f) for f in ticks], [f"{f:g}" for f in ticks], fontsize=6)
     ax.set_xlabel("fx (cycles/pixel); ticks for the bottom-left tile", fontsize=8)

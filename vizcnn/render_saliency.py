@@ -214,7 +214,8 @@ def sanity_curves_figure(steps: Sequence[str], metrics: Mapping[str, Mapping[str
             ax.axhline(threshold, color="0.3", lw=0.8, ls="--", label=f"pass threshold {threshold}")
         if verdict_step is not None:
             ax.axvline(verdict_step, color="0.3", lw=0.8, ls=":")
-        ax.set_xticks(x, list(steps), rotation=60, ha="right", fontsize=7)
+        upright = len(steps) > 10  # long cascades: vertical names, so neighbours cannot touch
+        ax.set_xticks(x, list(steps), rotation=90 if upright else 60, ha="center" if upright else "right", fontsize=7)
         ax.set_ylim(-1.05, 1.05)
         ax.set_ylabel("similarity to the original map", fontsize=8)
         ax.set_title(wrap(name, fig_w / per_row - 0.6, 9), fontsize=9)
