@@ -188,3 +188,36 @@ def test_sanity_prints_every_verdict(tmp_path, samples_dir):
     for method in ("gradient", "guided"):
         assert any(line.startswith(f"{method}: ") for line in lines), result.stdout
     assert "re-initialised" not in result.stdout  # progress goes to stderr, and only on a terminal
+
+
+def test_load_image_and_boxes_match_the_zoo_path(samples_dir):
+    """load_image with a zoo model's size and normalisation gives load_input's tensor; the
+    boxes are the layer geometry's, clipped to the image; bad arguments are one error."""
+    import torch
+
+    import vizcnn
+
+    spec = vizcnn.get_spec("lenet5")
+    shown, x = vizcnn.load_image(samples_dir / "camera.png", spec.input_size[1:], mean=spec.mean, std=spec.std,
+                                 gray=True)
+    ref_shown, ref_x = vizcnn.load_input(samples_dir / "camera.png", spec)
+    torch.testing.assert_close(x, ref_x)
+    assert shown.shape == ref_shown.shape == (32, 32, 1)
+    model = vizcnn.load_model("lenet5", "random")
+    units = vizcnn.top_activations(model, x, "c3", k=3)
+    boxes = vizcnn.receptive_field_boxes(model, x, "c3", units)
+    info = vizcnn.layer_geometry(model, spec.input_size)["c3"]
+    assert boxes == [info.box(int(y), int(x_), 32, 32) for y, x_ in zip(units.y, units.x)]
+    assert all(0 <= t < b <= 32 and 0 <= left < r <= 32 for t, b, left, r in boxes)
+    _, rgb = vizcnn.load_image(samples_dir / "cat.jpg", 64)
+    assert rgb.shape == (1, 3, 64, 64)
+    with pytest.raises(vizcnn.BadArgumentError, match="mean and std"):
+        vizcnn.load_image(samples_dir / "cat.jpg", 64, mean=(0.5,), std=(0.5,))
+    with pytest.raises(vizcnn.UnknownNameError):
+        vizcnn.receptive_field_boxes(model, x, "c9", [(0, 0)])
+
+
+def test_every_test_has_a_timeout(pytestconfig):
+    """A hang fails its test with the threads' stacks (pytest-timeout) instead of stalling CI."""
+    assert pytestconfig.pluginmanager.hasplugin("timeout")
+    assert float(pytestconfig.getini("timeout")) > 0 and pytestconfig.getini("timeout_method") == "thread"

@@ -22,10 +22,18 @@ def console_commands() -> list[str]:
     return [line[2:].strip() for block in blocks("console") for line in block.splitlines() if line.startswith("$ ")]
 
 
-def test_python_blocks_run(capsys):
+def test_python_blocks_run(capsys, tmp_path, monkeypatch):
+    """Every Python block, in a fresh folder that has the samples: the figures the
+    drawing example saves are written there."""
+    (tmp_path / "samples").symlink_to(ROOT / "samples")
+    monkeypatch.chdir(tmp_path)
     for code in blocks("python"):
         exec(compile(code, "README.md", "exec"), {})
     assert "torch.Size" in capsys.readouterr().out
+    saved = re.findall(r'save_figure\(.*"([\w.]+\.png)"\)', README)
+    assert saved, "the README shows how to save a figure"
+    for name in saved:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
 def test_ci_runs_the_readme_setup_and_test_commands():
