@@ -101,6 +101,18 @@ def test_report_writes_every_step(lenet_report):
                 "dataset/topk_c3_p1.png", "dataset/dead_filters.png"]
     for name in expected:
         assert (out / name).is_file(), name
+    # the figure standard: every figure at most 12 inches wide at the report's dpi
+    from PIL import Image
+
+    for path in out.rglob("*.png"):
+        name = str(path.relative_to(out))
+        if name != "input.png":
+            with Image.open(path) as im:
+                assert im.width <= 12 * summary["dpi"] + 1, f"{name} is {im.width / summary['dpi']:.1f} in wide"
+    # zero-valued top-k winners are counted per layer
+    for layer in summary["dataset"]["layers"]:
+        zeros = sum(1 for u in layer["units"] for w in u["winners"] if not w["value"] > 0)
+        assert layer["zero_winners"] == zeros
     on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert on_disk == sorted({*summary["files"], "summary.json"})  # every file listed, nothing else
     for name in on_disk:
