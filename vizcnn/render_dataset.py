@@ -91,8 +91,10 @@ def topk_page(rows: Sequence[tuple[int, Sequence[Cell | None]]], title: str, *, 
         notes.append(f"dashed red, \"dead (0)\": {dead_cells} of {shown} winners have activation 0 (the unit does "
                      f"not fire there; its projection is blank)"
                      + (f"; units that never fire: {', '.join(map(str, dead_units))}" if dead_units else ""))
-    means = [np.mean([c[0] for c in cs if c is not None and not _is_dead(c)], axis=0)
-             for _, cs in rows if any(c is not None and not _is_dead(c) for c in cs)]
+    # receptive fields clipped at the image border give smaller crops: compare full-size ones
+    full = max((c[0].shape for _, cs in rows for c in cs if c is not None), default=None, key=lambda s: s[0] * s[1])
+    means = [np.mean([c[0] for c in cs if c is not None and not _is_dead(c) and c[0].shape == full], axis=0)
+             for _, cs in rows if any(c is not None and not _is_dead(c) and c[0].shape == full for c in cs)]
     if len(means) > 1 and look_alike([torch.from_numpy(np.ascontiguousarray(m.transpose(2, 0, 1))) for m in means]):
         notes.append("the projections of different units look alike (correlation > 0.95): "
                      "they depend little on the unit, as with untrained or weakly trained weights")
