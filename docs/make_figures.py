@@ -37,6 +37,19 @@ class Figure:
     fast: tuple[str, ...] = ()      # added with --fast: the same command doing less work
 
 
+def _without(args: list[str], options) -> list[str]:
+    """``args`` less each of ``options`` and the value after it."""
+    kept, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        else:
+            kept.append(a)
+    return kept
+
+
 FIGURES = (
     Figure(("deconv", "alexnet", "samples/cat.jpg", "--weights", "random"), {
         "quickstart-deconv.png": (
@@ -101,7 +114,9 @@ def make_figures(out: Path | str = DEFAULT_OUT, *, fast: bool = False, dpi: int 
         for fig in FIGURES:
             folder = work / fig.args[0]
             args = [str(ROOT / a) if a.startswith("samples/") else a for a in fig.args]
-            args += [*(fig.fast if fast else ()), "--out", str(folder), "--force"]
+            if fast:  # --fast's options replace the command's own (an option given twice is an error)
+                args = _without(args, fig.fast[::2]) + list(fig.fast)
+            args += ["--out", str(folder), "--force"]
             shown = "vizcnn " + " ".join(fig.args)
             echo(f"{shown}{'  (fast)' if fast else ''}")
             start = time.perf_counter()
