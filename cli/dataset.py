@@ -53,7 +53,7 @@ def _session(model, data, weights, seed, device, limit, out, command, force):
                                    force=force)
         net = load_model(model, weights, seed=seed, device=dev)
         yield spec, net, source, folder, {"weights": str(weights), "device": str(dev),
-                                          "out": str(folder.root) if folder is not None else None}
+                                          "out": str(folder.final) if folder is not None else None}
 
 
 def _line(summary: dict, folder) -> str:

@@ -289,7 +289,8 @@ def test_topk_command_on_samples(tmp_path, samples_dir):
     assert summary["data_size"] == summary["images"] == 4 and summary["skipped"] == 0
     assert summary["images_per_second"] > 0
     assert summary["world_size"] == 1 and summary["top"] == 3 and summary["order"] == ORDER
-    assert sorted(os.listdir(out)) == sorted(summary["files"] + ["summary.json"])
+    assert sorted(os.listdir(out)) == sorted(summary["files"] + ["summary.json", ".vizcnn-manifest.json"])
+    assert os.listdir(tmp_path) == ["topk"]  # no staging folder left beside it
     assert summary["files"] == ["dead_filters.png", "topk_conv5_p1.png"]
     for f in summary["files"]:
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

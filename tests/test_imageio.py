@@ -272,12 +272,29 @@ def test_max_pixels_is_a_limit_on_width_times_height(tmp_path: Path) -> None:
         read_image(path, max_pixels=0)
 
 
-def test_bomb_in_a_format_without_header_parser_is_refused(tmp_path: Path) -> None:
-    # PGM is not parsed by image_size(); OpenCV's own pixel limit refuses it.
+def test_pnm_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
+    # PGM has no decoder-independent guard but its header: it is parsed, and refused
+    # before OpenCV sees it (whatever OPENCV_IO_MAX_IMAGE_PIXELS a caller's cv2 loaded with).
     data = b"P5\n100000 100000\n255\n" + bytes(64)
-    assert image_size(data) is None
+    assert image_size(data) == (100000, 100000)
     start = time.perf_counter()
-    _bad_input(_file(tmp_path, "bomb.pgm", data))
+    assert "refusing to decode 100000×100000" in _bad_input(_file(tmp_path, "bomb.pgm", data))
+    assert time.perf_counter() - start < 0.5
+
+
+def test_format_without_a_readable_size_is_refused(tmp_path: Path) -> None:
+    # JPEG 2000: OpenCV may decode it, but its size is not read from the header here.
+    message = _bad_input(_file(tmp_path, "x.jp2", b"\x00\x00\x00\x0cjP  \r\n\x87\n" + bytes(64)))
+    assert "size cannot be read" in message
+
+
+def test_file_larger_than_any_allowed_image_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.png"
+    with open(path, "wb") as f:  # a valid small PNG header, then a 3 GB hole (no disk used)
+        f.write(_encode(".png", _smooth_rgb(8, 8), ()))
+        f.truncate(3 << 30)
+    start = time.perf_counter()
+    assert "refusing to read a" in _bad_input(path)
     assert time.perf_counter() - start < 0.5
 
 
@@ -295,6 +312,10 @@ def test_bomb_in_a_format_without_header_parser_is_refused(tmp_path: Path) -> No
         (".webp", (cv2.IMWRITE_WEBP_QUALITY, 101)),  # lossless: VP8L
         (".tiff", ()),
         (".gif", ()),
+        (".ppm", ()),
+        (".pfm", ()),
+        (".hdr", ()),
+        (".ras", ()),
     ],
 )
 def test_image_size_matches_encoded_size(ext: str, params: tuple[int, ...]) -> None:
@@ -318,6 +339,9 @@ def test_image_size_of_hand_made_headers() -> None:
     # BMP stored top-down (negative height).
     bmp = b"BM" + bytes(12) + struct.pack("<Iii", 40, 37, -23) + bytes(40)
     assert image_size(bmp) == (37, 23)
+    assert image_size(b"P7\nWIDTH 37\nHEIGHT 23\nDEPTH 3\nMAXVAL 255\nENDHDR\n") == (37, 23)
+    assert image_size(b"P6\n# a comment\n37 # more\n23\n255\n") == (37, 23)
+    assert image_size(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 23 +X 37\n") == (37, 23)
 
 
 @pytest.mark.parametrize(

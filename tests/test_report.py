@@ -114,7 +114,8 @@ def test_report_writes_every_step(lenet_report):
         zeros = sum(1 for u in layer["units"] for w in u["winners"] if not w["value"] > 0)
         assert layer["zero_winners"] == zeros
     on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert on_disk == sorted({*summary["files"], "summary.json"})  # every file listed, nothing else
+    # every file listed, nothing else (but vizcnn's own manifest)
+    assert on_disk == sorted({*summary["files"], "summary.json", ".vizcnn-manifest.json"})
     for name in on_disk:
         if name.endswith(".png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -241,22 +242,24 @@ def test_figure_dpi_sets_every_figure(tmp_path):
 
 def test_a_rerun_removes_the_earlier_runs_files(tmp_path):
     """An earlier report's files in subfolders that this run does not write are removed
-    (the output folder holds one run), files it never listed are kept."""
+    (the output folder holds one run); a file the user added needs --force and is kept."""
+    from vizcnn.errors import BadInputError
     from vizcnn.output import OutputDir
-    from vizcnn.report import StepFolder, _remove_stale
+    from vizcnn.report import StepFolder
 
     first = OutputDir(tmp_path / "r", "report")
     step = StepFolder(first, "dataset", "png")
     step.path("old.png").write_bytes(b"x")
-    (tmp_path / "r" / "dataset" / "mine.txt").write_text("user file")
     StepFolder(first, "deconv", "png").path("deconv_c1.png").write_bytes(b"x")
     first.finish({})
-    second = OutputDir(tmp_path / "r", "report")
+    (tmp_path / "r" / "dataset" / "mine.txt").write_text("user file")
+    with pytest.raises(BadInputError, match="mine.txt"):
+        OutputDir(tmp_path / "r", "report")
+    second = OutputDir(tmp_path / "r", "report", force=True)
     StepFolder(second, "deconv", "svg").path("deconv_c1.png").write_bytes(b"y")
     second.finish({})
-    _remove_stale(second)
     assert not (tmp_path / "r" / "dataset" / "old.png").exists()
-    assert (tmp_path / "r" / "dataset" / "mine.txt").exists()
+    assert (tmp_path / "r" / "dataset" / "mine.txt").read_text() == "user file"
     assert not (tmp_path / "r" / "deconv" / "deconv_c1.png").exists()
     assert (tmp_path / "r" / "deconv" / "deconv_c1.svg").read_bytes() == b"y"
 

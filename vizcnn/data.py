@@ -36,6 +36,7 @@ import gzip
 import logging
 import os
 import struct
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -154,7 +155,17 @@ def folder_source(folder: PathLike, *, name: str | None = None) -> FileSource:
     from the first-level subfolder (sorted class names) where there is one."""
     root = Path(folder)
     found: list[tuple[str, str]] = []  # (relative posix path, full path)
+    seen: set[tuple[int, int]] = set()  # (device, inode) of every folder walked: a symlink cycle is walked once
     for here, dirs, files in os.walk(root, followlinks=True):
+        try:
+            info = os.stat(here)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel_here = Path(here).relative_to(root)
         for f in files:
@@ -177,14 +188,12 @@ def list_source(list_file: PathLike) -> FileSource:
     and lines starting with ``#`` are ignored. Missing files are skipped and counted
     during the pass, like corrupt ones."""
     path = Path(list_file)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise BadInputError(f"DATA {path}: not a folder, an image or a text list file of image paths") from None
-    except OSError as e:
-        raise BadInputError(f"DATA {path}: cannot read: {e.strerror or e}") from None
+    text = _read_list(path)
     paths, labels = [], []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
+        if len(line) > MAX_LIST_LINE:
+            raise BadInputError(f"DATA {path}: line {number} is longer than {MAX_LIST_LINE} characters; "
+                                "a list file holds one image path per line")
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -198,6 +207,34 @@ def list_source(list_file: PathLike) -> FileSource:
     if not paths:
         raise BadInputError(f"DATA {path}: the list file names no images")
     return FileSource(os.fspath(path), paths, labels)
+
+
+MAX_LIST_BYTES = 64 << 20
+"""Largest list file read (64 MiB: about 600,000 paths of 100 characters)."""
+MAX_LIST_LINE = 4096
+"""Longest line of a list file, in characters (Linux's PATH_MAX, with room for a label)."""
+
+
+def _read_list(path: Path) -> str:
+    """A list file's text: a regular file of at most MAX_LIST_BYTES of UTF-8 (a leading
+    byte-order mark is dropped) without NUL bytes; anything else is a one-line error."""
+    from .imageio import open_regular
+
+    with open_regular(path, f"DATA {path}", what="list file") as file:
+        try:
+            raw = file.read(MAX_LIST_BYTES + 1)
+        except OSError as e:
+            raise BadInputError(f"DATA {path}: cannot read: {e.strerror or e}") from None
+    if len(raw) > MAX_LIST_BYTES:
+        raise BadInputError(f"DATA {path}: list file larger than {MAX_LIST_BYTES} bytes; "
+                            "split it, or give a folder of images")
+    if b"\0" in raw:
+        raise BadInputError(f"DATA {path}: not a folder, an image or a text list file of image paths "
+                            "(it contains NUL bytes)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadInputError(f"DATA {path}: not a folder, an image or a text list file of image paths") from None
 
 
 def fashion_mnist_folder() -> Path:
@@ -380,11 +417,33 @@ def default_workers() -> int:
 
 
 def _worker_init(_worker_id: int) -> None:
-    # Workers decode one image at a time: extra threads per worker only compete.
-    import cv2
+    # Workers decode one image at a time: extra threads per worker only compete. Safe
+    # because the parent's OpenCV pool was stopped before the fork (_Loader.__iter__).
+    from .opencv import cv2
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+
+
+class _Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose worker processes are forked while OpenCV's thread pool is
+    stopped (:func:`vizcnn.opencv.fork_safe`): a fork that copies a live pool hangs the
+    worker. Fork, not spawn or forkserver, because it is the fastest start (measured in
+    fork_safe's docstring) and needs no ``if __name__ == "__main__"`` guard in scripts."""
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        from .opencv import fork_safe
+
+        with fork_safe():  # workers start here (or on the first iteration, persistent or not)
+            return super().__iter__()
+
+
+def _start_method() -> str | None:
+    # fork on Linux (the pool is stopped around it); elsewhere the platform's default,
+    # since macOS system libraries are not fork-safe at all.
+    return "fork" if sys.platform.startswith("linux") else None
 
 
 def loader(source: ImageSource, spec, *, indices: Sequence[int] | None = None, batch_size: int = 32,
@@ -396,10 +455,10 @@ def loader(source: ImageSource, spec, *, indices: Sequence[int] | None = None, b
     workers = default_workers() if num_workers is None else num_workers
     if not isinstance(workers, int) or workers < 0:
         raise BadArgumentError(f"workers must be a non-negative integer, got {num_workers!r}")
-    return torch.utils.data.DataLoader(
+    return _Loader(
         ModelInputs(source, spec, indices), batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=collate, pin_memory=pin_memory, worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=4 if workers else None)
+        prefetch_factor=4 if workers else None, multiprocessing_context=_start_method() if workers else None)
 
 
 __all__ = ["IMAGE_SUFFIXES", "ImageSource", "FileSource", "ArraySource", "Skipped", "Batch", "ModelInputs",

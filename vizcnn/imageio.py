@@ -33,24 +33,21 @@ if TYPE_CHECKING:
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-MAX_PIXELS = 40_000_000
-"""Default refusal threshold of :func:`read_image`, in pixels (width × height).
+from vizcnn.opencv import MAX_PIXELS, cv2
 
-40 megapixels covers every camera photo a user would visualise while keeping
-the worst-case decode (a float32 RGBA copy) under about 700 MB. Files whose
-header claims more are refused before decoding; pass a larger ``max_pixels`` to
-read a file you trust.
-"""
+# MAX_PIXELS (from vizcnn.opencv, where every OpenCV limit is set before cv2 loads):
+# the default refusal threshold of read_image, in pixels (width × height). 40
+# megapixels covers every camera photo a user would visualise while keeping the
+# worst-case decode (a float32 RGBA copy) under about 700 MB. Files whose header
+# claims more are refused before decoding; pass a larger max_pixels to read a file
+# you trust.
 
-# OpenCV reads its own pixel limit once, when the library is loaded, and only for
-# formats it decodes; it is the guard for formats image_size() cannot parse (PNM,
-# Sun raster, HDR, JPEG 2000, AVIF). The variable OpenCV actually reads is
-# OPENCV_IO_MAX_IMAGE_PIXELS (loadsave.cpp); CV_IO_MAX_IMAGE_PIXELS is only the
-# name of the C++ constant. setdefault: a deployer's own setting wins. This has no
-# effect if cv2 was imported before this module.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+BYTES_PER_PIXEL = 16
+"""File-size bound of :func:`read_image`: a file larger than ``max_pixels`` × this
+(the size of an uncompressed float32 RGBA image at that limit) plus 1 MiB is refused
+before anything but its size is read."""
 
-import cv2  # noqa: E402  (must follow the environment setting above)
+_HEADER_CACHE = 1 << 16  # bytes read up front; anything further is read on demand
 
 __all__ = [
     "MAX_PIXELS",
@@ -96,30 +93,73 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     """``(width, height)`` in pixels as declared by an image file's header.
 
     Parses PNG (IHDR), JPEG (first SOFn marker), GIF (logical screen), BMP,
-    WebP (VP8, VP8L, VP8X) and TIFF/BigTIFF (ImageWidth/ImageLength of the first
-    IFD) without decoding anything. Returns None for any other format and for a
-    header too short or malformed to read; the numbers are what the file claims,
-    not a promise that it decodes.
+    WebP (VP8, VP8L, VP8X), TIFF/BigTIFF (ImageWidth/ImageLength of the first
+    IFD), PNM/PAM/PFM, Radiance HDR and Sun raster without decoding anything.
+    Returns None for any other format and for a header too short or malformed
+    to read; the numbers are what the file claims, not a promise that it decodes.
     """
-    parser = None
-    if data[:8] == _PNG_SIGNATURE:
-        parser = _png_size
-    elif data[:2] == b"\xff\xd8":
-        parser = _jpeg_size
-    elif data[:6] in (b"GIF87a", b"GIF89a"):
-        parser = _gif_size
-    elif data[:2] == b"BM":
-        parser = _bmp_size
-    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        parser = _webp_size
-    elif data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        parser = _tiff_size
+    parser = _parser(data)
     if parser is None:
         return None
     try:
         return parser(data)
-    except (struct.error, IndexError):  # header cut short
+    except (struct.error, IndexError, ValueError):  # header cut short or garbled
         return None
+
+
+def _parser(data) -> Any:
+    """The header parser for ``data``'s format (by its signature), or None if unknown."""
+    if data[:8] == _PNG_SIGNATURE:
+        return _png_size
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return _gif_size
+    if data[:2] == b"BM":
+        return _bmp_size
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_size
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return _tiff_size
+    if data[:1] == b"P" and data[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"f", b"F"):
+        return _pnm_size
+    if data[:10] == b"#?RADIANCE" or data[:6] == b"#?RGBE":
+        return _hdr_size
+    if data[:4] == b"\x59\xa6\x6a\x95":
+        return _sun_size
+    return None
+
+
+def _text_header(data, limit: int = _HEADER_CACHE) -> bytes:
+    return bytes(data[:limit])
+
+
+def _pnm_size(data) -> tuple[int, int] | None:
+    head = _text_header(data)
+    if head[1:2] == b"7":  # PAM: WIDTH/HEIGHT lines up to ENDHDR
+        fields = dict(line.split(None, 1) for line in head.split(b"ENDHDR", 1)[0].splitlines()[1:]
+                      if line.strip() and not line.startswith(b"#") and len(line.split(None, 1)) == 2)
+        return int(fields[b"WIDTH"]), int(fields[b"HEIGHT"])
+    tokens: list[bytes] = []
+    for line in head[2:].splitlines():
+        tokens += line.split(b"#", 1)[0].split()
+        if len(tokens) >= 2:
+            return int(tokens[0]), int(tokens[1])
+    return None
+
+
+def _hdr_size(data) -> tuple[int, int] | None:
+    lines = _text_header(data).split(b"\n")
+    end = lines.index(b"")  # the blank line ending the header; ValueError if missing
+    axes = lines[end + 1].split()
+    if len(axes) != 4 or {axes[0][1:], axes[2][1:]} != {b"X", b"Y"}:
+        return None
+    sizes = {axes[0][1:]: int(axes[1]), axes[2][1:]: int(axes[3])}
+    return sizes[b"X"], sizes[b"Y"]
+
+
+def _sun_size(data) -> tuple[int, int] | None:
+    return struct.unpack(">II", bytes(data[4:12]))
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -258,32 +298,95 @@ def read_image(path: PathLike, *, max_pixels: int = MAX_PIXELS, gray: bool = Fal
     if max_pixels < 1:
         raise BadArgumentError(f"max_pixels must be >= 1, got {max_pixels}")
     shown = _show(path)
-    data = _read_bytes(path, shown)
-    size = image_size(data)
-    if size is not None:
-        _check_pixels(shown, *size, max_pixels)
+    with open_regular(path, shown) as file:
+        data = _read_checked(file, shown, max_pixels)
     if data[:8] == _PNG_SIGNATURE:
         _check_png_chunks(data, shown)
     image = _decode(data, shown)
-    _check_pixels(shown, image.shape[1], image.shape[0], max_pixels)  # formats image_size() does not know
+    _check_pixels(shown, image.shape[1], image.shape[0], max_pixels)  # what the decoder actually made
     return _to_unit_rgb(image, shown, gray)
 
 
-def _read_bytes(path: PathLike, shown: str) -> bytes:
+@contextlib.contextmanager
+def open_regular(path: PathLike, shown: str | None = None, what: str = "file"):
+    """``path`` opened for binary reading if it is a regular file; a FIFO, device,
+    socket or directory is refused at once with a one-line BadInputError (opened
+    non-blocking and checked with ``fstat`` on the open descriptor, so neither a FIFO
+    without a writer nor a swap between check and open can make the read block)."""
+    shown = _show(path) if shown is None else shown
     try:
-        info = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         raise BadInputError(f"{shown}: no such file") from None
+    except IsADirectoryError:
+        raise BadInputError(f"{shown}: is a directory, not an image file" if what == "file"
+                            else f"{shown}: is a directory, not a {what}") from None
     except (OSError, ValueError) as exc:  # ValueError: NUL byte in the path
         raise BadInputError(f"{shown}: cannot read: {_reason(exc)}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise BadInputError(f"{shown}: is a directory, not an image file")
-    if not stat.S_ISREG(info.st_mode):
-        # A FIFO or device would block or never end.
-        raise BadInputError(f"{shown}: not a regular file")
     try:
-        with open(path, "rb") as file:
-            data = file.read()
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise BadInputError(f"{shown}: is a directory, not an image file" if what == "file"
+                                else f"{shown}: is a directory, not a {what}")
+        if not stat.S_ISREG(mode):
+            raise BadInputError(f"{shown}: not a regular file (a FIFO, device or socket is never read)")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        file = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with file:
+        yield file
+
+
+class _FileView:
+    """An open file seen as a read-only byte string: ``view[a:b]`` and ``view[i]`` read
+    only those bytes (the first 64 KiB are cached), so header parsers can follow
+    offsets (TIFF's IFD, JPEG's segments) without the file being read whole."""
+
+    def __init__(self, file, size: int):
+        self.file, self.size = file, size
+        self.head = file.read(min(size, _HEADER_CACHE))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            got = self[key:key + 1]
+            if not got:
+                raise IndexError(key)
+            return got[0]
+        start, stop, _ = key.indices(self.size)
+        if stop <= len(self.head):
+            return self.head[start:stop]
+        if stop <= start:
+            return b""
+        self.file.seek(start)
+        return self.file.read(min(stop - start, 1 << 24))
+
+
+def _read_checked(file, shown: str, max_pixels: int) -> bytes:
+    """The whole file, read only after its size and its header's declared pixel count passed."""
+    size = os.fstat(file.fileno()).st_size
+    if size == 0:
+        raise BadInputError(f"{shown}: empty file")
+    max_bytes = max_pixels * BYTES_PER_PIXEL + (1 << 20)
+    if size > max_bytes:
+        raise BadInputError(f"{shown}: refusing to read a {size}-byte file: more than {max_bytes} bytes, the most "
+                            f"an image of max_pixels = {max_pixels} needs; raise max_pixels if you trust this file")
+    view = _FileView(file, size)
+    if _parser(view) is None:
+        raise BadInputError(f"{shown}: cannot decode image: not an image, or a format whose size cannot be read "
+                            "from its header (read: PNG, JPEG, GIF, BMP, WebP, TIFF, PNM/PAM/PFM, Radiance HDR, Sun raster)")
+    declared = image_size(view)
+    if declared is None:
+        raise BadInputError(f"{shown}: cannot decode image: corrupt or truncated header (no readable width and height)")
+    _check_pixels(shown, *declared, max_pixels)
+    file.seek(0)
+    try:
+        data = file.read()
     except OSError as exc:
         raise BadInputError(f"{shown}: cannot read: {_reason(exc)}") from None
     if not data:

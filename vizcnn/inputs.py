@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import os
 
-import cv2
 import numpy as np
 import torch
 
 from .errors import BadInputError
 from .models import ModelSpec
+from .opencv import cv2
 
 #: An image whose shorter side is below input_side / MAX_UPSCALE is refused: stretched more
 #: than this, it no longer shows the model anything it was built to see.
@@ -16,17 +16,23 @@ MAX_UPSCALE = 8
 
 
 def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resizes the shorter side to fit (H, W) and centre-crops: H×W×C float in [0, 1]."""
+    """Resizes the shorter side to fit (H, W) and centre-crops: H×W×C float in [0, 1].
+
+    The crop box is chosen in source pixels and only the crop is resized, so a long
+    thin image (200000×28) costs the size of its crop, not of the whole image scaled up.
+    """
     h, w = image.shape[:2]
     th, tw = size
     scale = max(th / h, tw / w)
-    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    # the source box that maps onto the output: the whole shorter side, the centre of the longer
+    sh, sw = min(h, max(1, round(th / scale))), min(w, max(1, round(tw / scale)))
+    top, left = (h - sh) // 2, (w - sw) // 2
+    crop = np.ascontiguousarray(image[top:top + sh, left:left + sw])
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (nw, nh), interpolation=interp)
+    resized = cv2.resize(crop, (tw, th), interpolation=interp)
     if resized.ndim == 2:
         resized = resized[..., None]
-    top, left = (nh - th) // 2, (nw - tw) // 2
-    return np.ascontiguousarray(resized[top:top + th, left:left + tw])
+    return np.ascontiguousarray(resized)
 
 
 def normalize(image: np.ndarray, spec: ModelSpec) -> torch.Tensor:

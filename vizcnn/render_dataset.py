@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from .opencv import cv2
 from .render import MAX_WIDTH, look_alike, num, wrap
 
 #: (projection H×W×3 in [0, 1], image patch H×W×C in [0, 1], activation value, caption)

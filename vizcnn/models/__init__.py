@@ -194,22 +194,52 @@ def _imagenet_model(spec: ModelSpec, num_classes: int | None) -> nn.Module:
     return model
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+CHECKPOINT_SLACK = 64 << 20
+"""Bytes a checkpoint may declare beyond 3× its model's state_dict (room for an
+optimizer's state and the pickle)."""
+
+
+def checkpoint_budget(model: nn.Module) -> int:
+    """The most bytes a checkpoint for ``model`` may declare: 3× its state_dict (weights
+    plus, say, Adam's two moments) and :data:`CHECKPOINT_SLACK`."""
+    own = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return 3 * own + CHECKPOINT_SLACK
+
+
+def _check_declared_sizes(file, shown: str, max_bytes: int) -> None:
+    """Refuses a checkpoint whose zip entries declare more than ``max_bytes`` in all,
+    reading only the zip's central directory (nothing is inflated)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(file) as archive:
+            declared = sum(entry.file_size for entry in archive.infolist())
+    except zipfile.BadZipFile:
+        raise BadInputError(f"cannot load weights {shown}: not a zip checkpoint (torch.save's format since "
+                            "PyTorch 1.6); load it and save it again with torch.save") from None
+    finally:
+        file.seek(0)
+    if declared > max_bytes:
+        raise BadInputError(f"cannot load weights {shown}: its entries declare {declared} bytes unpacked, more than "
+                            f"the {max_bytes} a checkpoint for this model may hold (refused before inflating)")
+
+
+def read_checkpoint(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
     """Reads a state_dict or a checkpoint dict holding one, with ``weights_only=True``.
 
     A file whose pickle would run code, a truncated file or a non-checkpoint is a
-    ``BadInputError``; nothing in the file is ever executed.
+    ``BadInputError``; nothing in the file is ever executed. Only a regular file is
+    read (a FIFO, device or directory is refused at once). With ``max_bytes``, a
+    checkpoint whose zip entries declare more bytes than that is refused before any
+    entry is inflated (a zip bomb).
     """
+    from ..imageio import open_regular
+
     path = Path(path)
-    if path.is_dir():
-        raise BadInputError(f"weights {path}: is a directory, not a checkpoint file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            reason = "it holds Python objects other than tensors (refused: loading it could run code)"
-        raise BadInputError(f"cannot load weights {path}: {reason[:300]}") from None
+    with open_regular(path, f"weights {path}", what="checkpoint file") as file:
+        if max_bytes is not None:
+            _check_declared_sizes(file, str(path), max_bytes)
+        obj = _torch_load(file, path)
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -219,9 +249,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _torch_load(file, path: Path):
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            reason = "it holds Python objects other than tensors (refused: loading it could run code)"
+        raise BadInputError(f"cannot load weights {path}: {reason[:300]}") from None
+
+
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
-    """Loads ``path`` into ``model``; a key or shape mismatch lists the offending keys."""
-    state = read_checkpoint(path)
+    """Loads ``path`` into ``model``; a key or shape mismatch lists the offending keys.
+    A checkpoint declaring more than :func:`checkpoint_budget` bytes is refused unread."""
+    state = read_checkpoint(path, max_bytes=checkpoint_budget(model))
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
