@@ -201,3 +201,234 @@ def test_same_inputs_same_numbers(tmp_path, samples_dir):
         assert result.exit_code == 0, result.output
         runs.append(json.loads(result.output)["layers"])
     assert runs[0] == runs[1]
+
+
+# ------------------------------------------------------------ the README's Safety promises (#14)
+# One test per promise; each failed on the code before #14.
+
+import resource  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+import time  # noqa: E402
+import zipfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RSS_BOUND = 1.5e9  # bytes
+AS_SAFETY_NET = 8 << 30  # a regression fails its test instead of taking the machine down
+
+
+_REPORT_PEAK = ("import atexit, resource, sys\n"
+                "atexit.register(lambda: sys.stderr.write("
+                "f'\\nPEAK_RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n'))\n")
+
+
+def _python(code: str, *args: str, timeout: float = 240) -> tuple[subprocess.CompletedProcess, float]:
+    """Runs ``code`` in a fresh interpreter under an address-space cap; returns the result
+    and the child's own peak RSS in bytes (it reports it at exit)."""
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (AS_SAFETY_NET, AS_SAFETY_NET))
+
+    done = subprocess.run([sys.executable, "-c", _REPORT_PEAK + code, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, preexec_fn=cap)
+    peaks = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("PEAK_RSS ")]
+    assert peaks, f"the child did not report its peak RSS: {done.stderr[-2000:]}"
+    return done, int(peaks[-1]) * 1024.0
+
+
+def test_promise_no_hang_when_workers_fork_after_opencv_used_its_threads(tmp_path):
+    # The parent runs OpenCV's thread pool (a big resize), then forks decoding workers:
+    # before #14 the workers blocked forever in cv2.setNumThreads.
+    script = textwrap.dedent("""
+        import sys, numpy as np
+        from types import SimpleNamespace
+        from vizcnn.opencv import cv2
+        from vizcnn.data import folder_source, loader
+        spec = SimpleNamespace(name="t", input_size=(3, 32, 32), mean=(0, 0, 0), std=(1, 1, 1))
+        for i in range(8):
+            cv2.imwrite(f"{sys.argv[1]}/{i}.png", np.full((40, 40, 3), i * 20, np.uint8))
+        source, big = folder_source(sys.argv[1]), np.random.rand(1500, 1500, 3).astype(np.float32)
+        for _ in range(8):
+            cv2.resize(big, (2500, 2500))
+            assert sum(len(b) for b in loader(source, spec, batch_size=2, num_workers=2)) == 8
+        print("ok")
+    """)
+    done, _ = _python(script, str(tmp_path), timeout=120)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+def _hdr_bomb(path: Path, side: int = 16000) -> Path:
+    """A Radiance HDR of side×side pixels in run-length scanlines: ~1 KB per line, 3 GB decoded."""
+    runs = b"".join(bytes([128 + min(127, side - x), 100]) for x in range(0, side, 127))
+    line = bytes([2, 2, side >> 8, side & 255]) + runs * 4
+    path.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n" + f"-Y {side} +X {side}\n".encode() + line * side)
+    return path
+
+
+@pytest.mark.parametrize("command", ["deconv", "saliency", "sanity", "occlusion", "invariance", "report",
+                                     "topk", "dead-filters"])
+def test_promise_decode_limits_apply_to_every_command(tmp_path, command):
+    (tmp_path / "data").mkdir()
+    bomb = _hdr_bomb(tmp_path / "data" / "bomb.hdr") if command in ("topk", "dead-filters") else None
+    if bomb is None:
+        bomb = _hdr_bomb(tmp_path / "bomb.hdr")
+        args = [command, "lenet5", str(bomb)]
+    else:  # a list file naming the HDR bomb and a PNM one
+        (tmp_path / "data" / "b.pgm").write_bytes(b"P5\n60000 60000\n255\n" + bytes(64))
+        (tmp_path / "data" / "list.txt").write_text("bomb.hdr\nb.pgm\n")
+        args = [command, "lenet5", str(tmp_path / "data" / "list.txt"), "--workers", "0"]
+    code = "import sys; from cli.main import cli; cli(sys.argv[1:], prog_name='vizcnn')"
+    done, peak = _python(code, *args, "--weights", "random", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "refusing to decode 16000×16000" in done.stderr, done.stderr
+    if command in ("topk", "dead-filters"):
+        assert "refusing to decode 60000×60000" in done.stderr and "no readable images (2 skipped)" in done.stderr
+    assert peak < RSS_BOUND, f"{command}: peak RSS {peak / 1e9:.2f} GB"
+    assert not (tmp_path / "out").exists()
+
+
+def test_promise_long_thin_image_costs_only_its_crop(tmp_path):
+    code = textwrap.dedent("""
+        import sys, numpy as np
+        from vizcnn.opencv import cv2
+        cv2.imwrite(sys.argv[1], np.zeros((28, 200000, 3), np.uint8))
+        from vizcnn.inputs import load_input
+        from vizcnn.models import get_spec
+        shown, x = load_input(sys.argv[1], get_spec("alexnet"))
+        assert shown.shape == (224, 224, 3) and tuple(x.shape) == (1, 3, 224, 224)
+        print("ok")
+    """)
+    done, peak = _python(code, str(tmp_path / "long.png"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert peak < RSS_BOUND, f"peak RSS {peak / 1e9:.2f} GB"
+
+
+def test_promise_only_regular_files_are_read(tmp_path):
+    from vizcnn.data import open_data
+    from vizcnn.errors import BadInputError
+    from vizcnn.imageio import read_image
+    from vizcnn.models import build_model, load_checkpoint
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    signal.alarm(20)  # a read that blocks fails the test instead of hanging it
+    try:
+        for call in (lambda: open_data(fifo), lambda: read_image(fifo), lambda: open_data("/dev/zero"),
+                     lambda: load_checkpoint(build_model("lenet5"), fifo), lambda: read_image(tmp_path)):
+            with pytest.raises(BadInputError, match="not a regular file|is a directory"):
+                call()
+    finally:
+        signal.alarm(0)
+
+
+def test_promise_list_files_are_bounded_and_folders_walked_once(tmp_path, samples_dir):
+    from vizcnn.data import MAX_LIST_BYTES, folder_source, list_source
+    from vizcnn.errors import BadInputError
+
+    (tmp_path / "nul.txt").write_bytes(bytes(1000))
+    with pytest.raises(BadInputError, match="NUL"):
+        list_source(tmp_path / "nul.txt")
+    with open(tmp_path / "big.txt", "wb") as f:
+        f.truncate(MAX_LIST_BYTES + 1)
+    with pytest.raises(BadInputError, match="larger than"):
+        list_source(tmp_path / "big.txt")
+    (tmp_path / "long.txt").write_text("a" * 5000 + "\n")
+    with pytest.raises(BadInputError, match="line 1 is longer"):
+        list_source(tmp_path / "long.txt")
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfcat.jpg 3\ncamera.png\n")
+    assert [Path(p).name for p in list_source(tmp_path / "bom.txt").paths] == ["cat.jpg", "camera.png"]
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes((samples_dir / "cat.jpg").read_bytes())
+    (folder / "self").symlink_to(".")
+    (folder / "again").symlink_to(".")
+    start = time.perf_counter()
+    assert len(folder_source(folder)) == 1
+    assert time.perf_counter() - start < 5
+
+
+_RUN = textwrap.dedent("""
+    import sys, time
+    from vizcnn.output import OutputDir
+    out = OutputDir(sys.argv[1], "deconv")
+    out.path("conv1.png").write_bytes(b"new")
+    print("ready", flush=True)
+    time.sleep(60)
+    out.finish({})
+""")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_promise_an_interrupted_run_leaves_the_previous_results(tmp_path, signum):
+    first = OutputDir(tmp_path / "out", "deconv")
+    first.path("conv1.png").write_bytes(b"old1")
+    first.path("conv2.png").write_bytes(b"old2")
+    first.finish({"n": 1})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    child = subprocess.Popen([sys.executable, "-c", _RUN, str(tmp_path / "out")], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    with pytest.raises(Exception):  # the lock: a second run cannot interleave
+        OutputDir(tmp_path / "out", "deconv")
+    child.send_signal(signum)
+    assert child.wait(timeout=60) != 0
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert os.listdir(tmp_path) == ["out"]  # no staging folder, no .tmp files
+
+
+def test_promise_only_files_vizcnn_wrote_are_deleted(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    (out / "summary.json").write_text(json.dumps({"command": "deconv", "files": ["thesis.tex"]}))
+    with pytest.raises(VizcnnError, match="did not write"):
+        OutputDir(out, "deconv")
+    run = OutputDir(out, "deconv", force=True)
+    run.path("conv1.png").write_bytes(b"x")
+    run.finish({})
+    rerun = OutputDir(out, "deconv", force=True)
+    rerun.finish({})
+    assert (out / "thesis.tex").read_text() == "years of work"
+    assert not (out / "conv1.png").exists()  # ours, vouched for by the manifest's hash
+
+
+def test_promise_overflowing_activations_and_no_usable_images_exit_2(tmp_path, samples_dir):
+    from vizcnn.models import build_model
+
+    model = build_model("lenet5")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(3e38)
+    torch.save(model.state_dict(), tmp_path / "huge.pt")
+    run = CliRunner().invoke(cli, ["topk", "lenet5", str(samples_dir), "--weights", str(tmp_path / "huge.pt"),
+                                   "--workers", "0", "--out", str(tmp_path / "a")])
+    assert run.exit_code == 2 and "overflow" in run.output and "layer " in run.output, run.output
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
+    run = CliRunner().invoke(cli, ["dead-filters", "lenet5", str(tmp_path / "bad"), "--weights", "random",
+                                   "--workers", "0", "--out", str(tmp_path / "b")])
+    assert run.exit_code == 2 and "no readable images (1 skipped)" in run.output, run.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_promise_checkpoint_zip_bomb_is_refused_before_inflating(tmp_path):
+    from vizcnn.errors import BadInputError
+    from vizcnn.models import load_model
+
+    path = tmp_path / "bomb.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), path)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as z, \
+            z.open("archive/data/99", "w", force_zip64=True) as entry:
+        chunk = bytes(1 << 24)
+        for _ in range(64):  # 1 GiB of zeros, about 1 MB deflated
+            entry.write(chunk)
+    assert path.stat().st_size < 4 << 20
+    start = time.perf_counter()
+    with pytest.raises(BadInputError, match="refused before inflating"):
+        load_model("lenet5", path)
+    assert time.perf_counter() - start < 2

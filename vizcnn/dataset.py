@@ -326,6 +326,15 @@ def model_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
+def check_finite(act: torch.Tensor, layer: str) -> None:
+    """A one-line BadInputError naming ``layer`` when its activations hold inf or NaN
+    (finite but huge weights overflow float32): checked before anything is drawn or
+    written, so no figure of blanks labelled "(inf)" ever replaces a result."""
+    if not torch.isfinite(act).all():
+        raise BadInputError(f"layer {layer}: activations overflow to inf or NaN (weights or inputs too large "
+                            "for float32); nothing was written")
+
+
 def scan_batches(model: nn.Module, batches: Iterable[Batch], input_size: tuple[int, int, int], *,
                  topk_layers: Sequence[str] = (), stats_layers: Sequence[str] = (), top: int = 9,
                  distinct_images: bool = False, group=None, geometry: dict | None = None) -> ScanResult:
@@ -367,6 +376,7 @@ def scan_batches(model: nn.Module, batches: Iterable[Batch], input_size: tuple[i
             index = batch.index.to(device, non_blocking=True)
             outs = ex.run(x)
             for name, reducer in reducers.items():
+                check_finite(outs[name], name)
                 reducer.update(outs[name], index)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -383,6 +393,8 @@ def scan_batches(model: nn.Module, batches: Iterable[Batch], input_size: tuple[i
         gathered: list = [None] * world
         dist.all_gather_object(gathered, skipped, group=group)
         skipped = sorted((s for part in gathered for s in part), key=lambda s: s.index)
+    if images == 0:  # nothing to rank or count: an empty figure would look like a result
+        raise BadInputError(f"no readable images ({len(skipped)} skipped)")
     out_stats = {}
     for name in stats_layers:
         conv, weight = feeding_weight(model, name)
