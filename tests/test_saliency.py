@@ -95,13 +95,17 @@ def test_gradient_through_lrn_is_the_true_gradient():
     r = saliency(model, x, "gradient")
     ref = autograd_gradient(model, x, r.target)
     torch.testing.assert_close(r.attribution, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
-    # the reverse rules treat LRN as the identity: a different result, so the test can fail
+    # the reverse rules' gradient is the gradient too (LRN differentiated); their LRN-as-
+    # identity convention applies to the deconvnet only, where it changes the result
     from vizcnn.rules import ReverseRules
 
-    leaf = x.clone().requires_grad_(True)
-    with ReverseRules("gradient"):
-        (g,) = torch.autograd.grad(model(leaf)[0, r.target], leaf)
-    assert not torch.allclose(g[0], ref, rtol=1e-3)
+    grads = {}
+    for method, lrn in (("gradient", "identity"), ("deconvnet", "identity"), ("deconvnet", "gradient")):
+        leaf = x.clone().requires_grad_(True)
+        with ReverseRules(method, lrn=lrn):
+            (grads[method, lrn],) = torch.autograd.grad(model(leaf)[0, r.target], leaf)
+    torch.testing.assert_close(grads["gradient", "identity"][0], ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
+    assert not torch.allclose(grads["deconvnet", "identity"], grads["deconvnet", "gradient"], rtol=1e-3)
 
 
 def test_guided_and_deconvnet_equal_captum_where_captum_is_right():

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import BadArgumentError, BadInputError
-from .extract import StopForward, run_until_stopped
-from .layers import LayerInfo, cached_geometry, resolve_layer
+from .errors import BadArgumentError, BadInputError, as_index
+from .layers import LayerInfo, LayerTap, cached_geometry, check_runnable, geometry_key, run_until_stopped
 from .rules import ReverseRules
-from .state import preserved_model
+from .state import model_device, model_dtype, preserved_model
 
 
 @dataclass(frozen=True)
@@ -48,45 +47,34 @@ def check_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def forward_to(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str],
-               rules: ReverseRules | None = None, *, batched: bool = False
+               rules: ReverseRules | None = None, *, batched: bool = False, check: bool = True
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Runs ``model`` on ``x`` until every layer in ``layers`` has produced its output, and
-    stops there (one forward for any number of layers).
+    stops there (one forward for any number of layers), under ``rules`` (default: the
+    plain gradient).
 
     Returns ({layer: its output for the image, (C, H, W) or (D,)}, the input leaf that
-    requires grad); with ``batched`` the outputs keep the batch dimension. Call inside
-    ``preserved_model``: the model is set to eval.
+    requires grad); with ``batched`` the outputs keep the batch dimension. The input is
+    cast to the model's device and dtype. With ``check`` a deconvnet/guided forward that
+    fell back to the gradient somewhere is reported (:meth:`ReverseRules.check`: a
+    warning, or an error when strict). Call inside ``preserved_model``: the model is set
+    to eval.
     """
     names = [layers] if isinstance(layers, str) else list(layers)
-    targets = {name: resolve_layer(model, name) for name in names}
-    modules = dict(model.named_modules())
-    device = next((p.device for p in model.parameters()), x.device)
-    x = x.detach().to(device).requires_grad_(True)
-    seen: dict[str, list[torch.Tensor]] = {path: [] for path, _ in targets.values()}
-    found: dict[str, torch.Tensor] = {}
-
-    def hook(path: str):
-        def record(_m, _inp, out):
-            seen[path].append(out[0] if isinstance(out, (tuple, list)) else out)
-            for name, (p, call) in targets.items():
-                if p == path and call == len(seen[path]) - 1:
-                    found[name] = seen[path][call] if batched else seen[path][call][0]
-            if len(found) == len(targets):
-                raise StopForward
-        return record
+    rules = rules or ReverseRules("gradient")
+    check_runnable(model, rules=rules.method != "gradient")
+    x = x.detach().to(model_device(model, x.device), model_dtype(model, x.dtype)).requires_grad_(True)
+    def protect(_name: str, t: torch.Tensor) -> torch.Tensor:
+        # the rest of the forward sees a copy: an in-place op above cannot change the output kept
+        return t.clone()
 
     model.eval()
-    handles = [modules[path].register_forward_hook(hook(path)) for path in seen]
-    try:
-        with torch.enable_grad(), (rules or ReverseRules("gradient")):
-            run_until_stopped(model, x)
-    finally:
-        for h in handles:
-            h.remove()
-    for name, (path, call) in targets.items():
-        if name not in found:
-            raise BadArgumentError(f"layer {name!r} ran {len(seen[path])} time(s) in the forward pass; "
-                                   f"call index {call} does not exist")
+    with LayerTap(model, names, replace=protect, stop=True) as tap, torch.enable_grad(), rules:
+        run_until_stopped(model, x)
+    tap.check()
+    if check:
+        rules.check()
+    found = {name: (t if batched else t[0]) for name, t in tap.outputs.items()}
     return found, x
 
 
@@ -174,7 +162,7 @@ def backproject_cropped(model: nn.Module, x: torch.Tensor, layer: str, units: Ac
     for index in groups.values():
         crops = torch.cat([x[:, :, windows[i][0]:windows[i][1], windows[i][2]:windows[i][3]] for i in index])
         crops = crops.detach().requires_grad_(True)
-        acts, leaf = forward_to(model, crops, layer, rules, batched=True)
+        acts, leaf = forward_to(model, crops, layer, rules, batched=True, check=False)
         act = acts[layer]
         n = torch.arange(len(index), device=x.device)
         ys = units.y[index] - torch.tensor([windows[i][0] // info.jump[0] for i in index], device=x.device)
@@ -195,17 +183,27 @@ def _project(model: nn.Module, x: torch.Tensor, layer: str, act: torch.Tensor, l
     over the graph of the forward that found them."""
     h, w = x.shape[-2:]
     if act.dim() == 3 and len(units) > 0:
-        info = cached_geometry(model, tuple(x.shape[1:]))[layer]
+        info = cached_geometry(model, tuple(x.shape[1:]))[geometry_key(model, layer)]
         if info.rf[0] * info.rf[1] < CROP_BELOW * h * w:
-            return backproject_cropped(model, x.to(leaf.device), layer, units, info, rules)
+            return backproject_cropped(model, x.to(leaf), layer, units, info, rules)
     return backproject(act, leaf, units)
 
 
+def _is_sequence(channel) -> bool:
+    if isinstance(channel, torch.Tensor):
+        return channel.dim() > 0
+    return isinstance(channel, Sequence) and not isinstance(channel, str) or \
+        (hasattr(channel, "shape") and getattr(channel, "shape", ()) != ())
+
+
 def _units(act: torch.Tensor, channel, position) -> tuple[Activations, bool]:
-    single = isinstance(channel, int)
-    channels = [channel] if single else list(channel)
+    single = not _is_sequence(channel)
     n = act.shape[0]
-    if not channels or any(not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < n for c in channels):
+    try:
+        channels = [as_index(channel, "channel")] if single else [as_index(c, "channel") for c in channel]
+    except BadArgumentError as e:
+        raise BadArgumentError(f"{e}: the layer has channels 0..{n - 1}") from None
+    if not channels or any(not 0 <= c < n for c in channels):
         raise BadArgumentError(f"channel {channel!r} out of range: the layer has channels 0..{n - 1}")
     if position is None:
         return (strongest(act, channels) if act.dim() == 3 else
@@ -213,9 +211,13 @@ def _units(act: torch.Tensor, channel, position) -> tuple[Activations, bool]:
                             device=act.device),) * 2, act[channels])), single
     if act.dim() != 3:
         raise BadArgumentError("position only applies to spatial layers")
-    y, x_ = position
     h, w = act.shape[1:]
-    if not (isinstance(y, int) and isinstance(x_, int) and 0 <= y < h and 0 <= x_ < w):
+    try:
+        y, x_ = (as_index(v, "position") for v in position)
+    except (BadArgumentError, TypeError, ValueError):
+        raise BadArgumentError(f"position must be (y, x) integers in the layer's {h}×{w} map, got {position!r}") \
+            from None
+    if not (0 <= y < h and 0 <= x_ < w):
         raise BadArgumentError(f"position {tuple(position)!r} out of range: the layer's map is {h}×{w}")
     ys = torch.full((len(channels),), y, device=act.device)
     xs = torch.full((len(channels),), x_, device=act.device)
@@ -224,17 +226,32 @@ def _units(act: torch.Tensor, channel, position) -> tuple[Activations, bool]:
 
 def project(model: nn.Module, x: torch.Tensor, layer: str, channel: int | Sequence[int],
             position: tuple[int, int] | None = None, *, method: str = "deconvnet",
-            lrn: str = "identity") -> torch.Tensor:
+            lrn: str | None = None, strict: bool | None = None) -> torch.Tensor:
     """Projects activations of ``layer`` back to input space.
 
     x: one image (1, C, H, W) or (C, H, W), already normalised for the model.
-    channel: an int (returns (C, H, W)) or a sequence (returns (K, C, H, W), one per channel).
+    channel: an int (returns (C, H, W)) or a sequence (returns (K, C, H, W), one per
+    channel); NumPy integers, integral floats and 0-d tensors are accepted.
     position: (y, x) in the layer's map; None picks each channel's strongest activation.
-    method: ``deconvnet`` | ``guided`` | ``gradient``. lrn: ``identity`` | ``gradient``.
+
+    Seed convention: a projection is seeded with the unit's own activation and zero
+    everywhere else in the layer (Zeiler & Fergus), so ``method="gradient"`` returns
+    ``a · ∂a/∂x`` for the unit's activation a, not the bare gradient ∂a/∂x.
+
+    method: ``deconvnet`` (rectify the signal coming down at every rectifier),
+    ``guided`` (also keep only where the forward passed: 0 < f < upper bound) or
+    ``gradient`` (autograd's own backward: the true gradient, LRN included).
+    lrn: how the deconvnet and guided backprop pass local response normalization:
+    ``identity`` (the deconvnet convention, the default) or ``gradient``; it never
+    changes ``method="gradient"``. strict: raise :class:`~vizcnn.errors.ActivationError`
+    instead of warning (:class:`~vizcnn.errors.ActivationWarning`) when the deconvnet or
+    guided rule caught no rectifier or the forward ran activations without a rule
+    (LeakyReLU, SiLU, GELU, ...). ``lrn`` and ``strict`` default to
+    :func:`vizcnn.rules.activation_policy`'s (``identity``, False).
     The model is left exactly as it was (mode, flags, no hooks), also on error.
     """
     x = check_input(x)
-    rules = ReverseRules(method, lrn=lrn)
+    rules = ReverseRules(method, lrn=lrn, strict=strict)
     with preserved_model(model):
         acts, leaf = forward_to(model, x, layer, rules)
         act = acts[layer]
@@ -244,11 +261,13 @@ def project(model: nn.Module, x: torch.Tensor, layer: str, channel: int | Sequen
 
 
 def project_top(model: nn.Module, x: torch.Tensor, layer: str, k: int = 9, *, method: str = "deconvnet",
-                lrn: str = "identity") -> tuple[Activations, torch.Tensor]:
+                lrn: str | None = None, strict: bool | None = None) -> tuple[Activations, torch.Tensor]:
     """The k strongest channels of ``layer`` in this image, each at its maximum, and their
-    projections (K, C, H, W) — one forward, batched backward."""
+    projections (K, C, H, W) — one forward, batched backward. Seeds, ``method``, ``lrn``
+    and ``strict`` as in :func:`project`."""
     x = check_input(x)
-    rules = ReverseRules(method, lrn=lrn)
+    k = as_index(k, "k")
+    rules = ReverseRules(method, lrn=lrn, strict=strict)
     with preserved_model(model):
         acts, leaf = forward_to(model, x, layer, rules)
         act = acts[layer]

@@ -12,13 +12,15 @@ follows it), which is what Zeiler & Fergus call the layer's feature map.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .errors import BadArgumentError, UnknownNameError
+from .errors import BadArgumentError, BadInputError, UnknownNameError
 
 
 def friendly_names(model: nn.Module) -> dict[str, str]:
@@ -180,53 +182,52 @@ def layer_geometry(model: nn.Module, input_size: tuple[int, int, int], *,
                    device: str | torch.device = "meta") -> dict[str, LayerInfo]:
     """Runs one forward on a dummy input (on the meta device by default: no compute) and
     returns every executed module's output shape and receptive field, keyed by module path
-    (``path:k`` for the k-th extra call of a reused module), plus the friendly names."""
-    from .state import preserved_model
+    (``path:k`` for the k-th extra call of a reused module), plus the friendly names.
+    The dummy input has the model's dtype (half and bfloat16 models probe in their own)."""
+    from .state import model_dtype, preserved_model
 
     c, h, w = input_size
-    x = torch.zeros(1, c, h, w, device=device)
+    x = torch.zeros(1, c, h, w, device=device, dtype=model_dtype(model))
     records: dict[str, LayerInfo] = {}
-    calls: dict[str, int] = {}
     mode = _GeometryMode(h, w)
-
-    def hook(path: str, module: nn.Module):
-        def record(_m, _inp, out):
-            t = out[0] if isinstance(out, (tuple, list)) else out
-            if not isinstance(t, torch.Tensor):
-                return
-            k = calls.get(path, 0)
-            calls[path] = k + 1
-            g = mode.geo.get(id(t), mode.whole)
-            kernel = getattr(module, "kernel_size", None)
-            stride = getattr(module, "stride", None)
-            key = path if k == 0 else f"{path}:{k}"
-            records[key] = LayerInfo(key, key, type(module).__name__, tuple(t.shape[1:]),
-                                     _pair(kernel) if kernel is not None else None,
-                                     _pair(stride) if stride is not None else None, g.rf, g.jump, g.start)
-        return record
-
     with preserved_model(model):
         model.eval()
         original = next(iter(model.parameters()), None)
         probe = model
         if device == "meta" and original is not None and original.device.type != "meta":
             probe = meta_copy(model)
-        handles = [m.register_forward_hook(hook(p, m)) for p, m in probe.named_modules() if p]
+        modules = dict(probe.named_modules())
+
+        def record(key: str, t: torch.Tensor) -> None:
+            module = modules[key.partition(":")[0]]
+            g = mode.geo.get(id(t), mode.whole)
+            kernel = getattr(module, "kernel_size", None)
+            stride = getattr(module, "stride", None)
+            records[key] = LayerInfo(key, key, type(module).__name__, tuple(t.shape[1:]),
+                                     _pair(kernel) if kernel is not None else None,
+                                     _pair(stride) if stride is not None else None, g.rf, g.jump, g.start)
+
         try:
-            with torch.no_grad(), mode:
+            with LayerTap(probe, None, record=record), torch.no_grad(), mode:
                 probe(x)
         except RuntimeError:
             # A classifier with a fixed input size fails on other image sizes; the layers
             # that ran before it still have their geometry.
             if not records:
                 raise
-        finally:
-            for h_ in handles:
-                h_.remove()
     for friendly, path in friendly_names(model).items():
         if path in records:
             records[friendly] = LayerInfo(friendly, path, *list(vars(records[path]).values())[2:])
     return records
+
+
+def geometry_key(model: nn.Module, name: str) -> str:
+    """The key of :func:`layer_geometry`'s result for any layer name (a friendly name,
+    a module path, ``path:0`` or ``path:k``)."""
+    if name in friendly_names(model):
+        return name
+    path, call = resolve_layer(model, name)
+    return path if call == 0 else f"{path}:{call}"
 
 
 _GEOMETRY: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -258,29 +259,339 @@ def meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def conv_layers(model: nn.Module) -> list[str]:
-    """Names of the layers a deconv figure shows by default: the friendly conv names where
-    the model has them, else the paths of its Conv2d modules."""
-    friendly = [n for n in friendly_names(model) if n.startswith("conv")]
-    return friendly or [p for p, m in model.named_modules() if _is_conv(m)]
+# --------------------------------------------------------------------------- what a layer is
+
+#: Activation modules (element-wise nonlinearities).
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+               nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Threshold)
+
+#: Layers that act on each spatial position on its own (they keep a map's channels and
+#: reach no neighbouring pixel): activations, dropout, identity, batch norm (in eval
+#: mode: a per-channel affine map) and local response normalization (it normalises
+#: across channels only). The one element-wise set vizcnn uses.
+ELEMENTWISE = ACTIVATIONS + (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout,
+                             nn.LocalResponseNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def _is_conv(m: nn.Module) -> bool:
-    """nn.Conv2d, or a convolution of one's own (LeNet-5's C3): a kernel and a weight with
-    spatial extent."""
+def is_conv(m: nn.Module) -> bool:
+    """A convolution: any ``nn.Conv*`` (transposed included), or one of one's own such as
+    LeNet-5's connection-table C3 (a ``kernel_size`` and a weight with spatial extent)."""
     weight = getattr(m, "weight", None)
-    return isinstance(m, nn.Conv2d) or (hasattr(m, "kernel_size") and isinstance(weight, torch.Tensor)
-                                        and weight.dim() >= 3)
+    return isinstance(m, nn.modules.conv._ConvNd) or (hasattr(m, "kernel_size") and isinstance(weight, torch.Tensor)
+                                                     and weight.dim() >= 3)
+
+
+def _has_weight(m: nn.Module) -> bool:
+    """A convolution or a fully connected layer: filters that make output channels."""
+    return is_conv(m) or isinstance(m, nn.Linear)
+
+
+def feeding_layer(model: nn.Module, name: str) -> str | None:
+    """The module path of the convolution or linear layer whose filters make ``name``'s
+    channels: the layer itself when it is one, else, for an element-wise layer in an
+    ``nn.Sequential`` (what friendly names point at: AlexNet's ``conv1`` is the ReLU
+    after ``features.0``), the nearest such layer before it with only element-wise layers
+    between; None when there is none."""
+    path, _ = resolve_layer(model, name)
+    modules = dict(model.named_modules())
+    module = modules[path]
+    if _has_weight(module):
+        return path
+    parent_path, _, leaf = path.rpartition(".")
+    parent = modules[parent_path] if parent_path else model
+    if isinstance(parent, nn.Sequential) and isinstance(module, ELEMENTWISE):
+        keys = list(parent._modules)
+        for key in reversed(keys[:keys.index(leaf)]):
+            sibling = parent._modules[key]
+            if _has_weight(sibling):
+                return f"{parent_path}.{key}" if parent_path else key
+            if not isinstance(sibling, ELEMENTWISE):
+                break
+    return None
+
+
+def conv_layers(model: nn.Module) -> list[str]:
+    """Every convolution's layer name: the friendly conv names where the model has them,
+    else the paths of its convolutions (:func:`is_conv`)."""
+    friendly = [n for n in friendly_names(model) if n.startswith("conv")]
+    return friendly or [p for p, m in model.named_modules() if p and is_conv(m)]
+
+
+#: At most this many layers by default for models without friendly conv names (ResNet-50
+#: has 53 convolutions).
+MAX_DEFAULT_LAYERS = 5
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """The layers a figure or report shows when none are named (``vizcnn deconv``,
+    ``vizcnn report``, ``vizcnn topk``): :func:`conv_layers` (AlexNet conv1..conv5,
+    LeNet-5's convolutions), at most ``MAX_DEFAULT_LAYERS`` of them spread evenly from
+    the first to the last."""
+    convs = conv_layers(model)
+    if len(convs) <= MAX_DEFAULT_LAYERS:
+        return convs
+    picks = [round(i * (len(convs) - 1) / (MAX_DEFAULT_LAYERS - 1)) for i in range(MAX_DEFAULT_LAYERS)]
+    return [convs[i] for i in dict.fromkeys(picks)]
+
+
+#: Modules that collapse space: a block holding one is not a feature map.
+_COLLAPSING = (nn.Linear, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def last_conv_layer(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> str:
+    """The model's last conv feature map (Grad-CAM's layer, occlusion's panel (b)).
+
+    The last friendly ``conv*`` name where the model has them (AlexNet ``conv5``, VGG
+    ``conv5_3``: the rectified output); otherwise the outermost block around the last
+    convolution with a spatial (> 1×1) output that keeps its size and holds nothing
+    that collapses space (ResNet ``layer4``, GoogLeNet ``inception5b``), or the
+    activation that directly follows a bare convolution (LeNet-5 ``act3``).
+    """
+    friendly = [n for n in friendly_names(model) if n.startswith("conv")]
+    if friendly:
+        return friendly[-1]
+    # The probe forward costs ~0.1-0.5 s on big models: remember the answer per model,
+    # input size and module structure.
+    key = (tuple(input_size), tuple((p, type(m)) for p, m in model.named_modules()))
+    cached = _LAST_CONV.setdefault(model, {})
+    if key not in cached:
+        cached[key] = _find_last_conv(model, input_size)
+    return cached[key]
+
+
+_LAST_CONV: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def output_shapes(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Each module's output shape (first call, batch dimension dropped), in the order the
+    modules finish, from one forward of a parameter-free copy on the meta device."""
+    from .state import model_dtype
+
+    probe = meta_copy(model).eval()
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(key: str, t: torch.Tensor) -> None:
+        if ":" not in key:
+            shapes[key] = tuple(t.shape[1:])
+
+    try:
+        with LayerTap(probe, None, record=record), torch.no_grad():
+            probe(torch.zeros((1, *input_size), device="meta", dtype=model_dtype(model)))
+    except RuntimeError:  # a fixed-size classifier on another size: the conv part has run
+        pass
+    return shapes
+
+
+def _find_last_conv(model: nn.Module, input_size: tuple[int, int, int]) -> str:
+    shapes = output_shapes(model, input_size)
+    modules = dict(model.named_modules())
+    order = list(shapes)
+    spatial = [k for k in order if is_conv(modules[k]) and len(shapes[k]) == 3 and shapes[k][1] * shapes[k][2] > 1]
+    if not spatial:
+        raise BadArgumentError(f"{type(model).__name__} has no convolution with a spatial output; "
+                               f"name a layer")
+    last = spatial[-1]
+    hw = shapes[last][1:]
+    parts = last.split(".")
+    chosen = last
+    for i in range(1, len(parts)):
+        p = ".".join(parts[:i])
+        if p in shapes and len(shapes[p]) == 3 and shapes[p][1:] == hw and \
+                not any(isinstance(m, _COLLAPSING) for m in modules[p].modules()):
+            chosen = p
+            break
+    if chosen == last:  # a bare conv: take the activation that follows it, if one does
+        i = order.index(last)
+        if i + 1 < len(order):
+            nxt = order[i + 1]
+            if nxt.rpartition(".")[0] == last.rpartition(".")[0] and shapes[nxt] == shapes[last] and \
+                    not any(True for _ in modules[nxt].parameters()):
+                chosen = nxt
+    return chosen
 
 
 def count_flops(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     """Multiply-add FLOPs (2 per MAC, torch.utils.flop_counter's convention) for one image."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from .state import model_device, model_dtype
+
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model(torch.zeros(1, *input_size, device=next(model.parameters()).device))
+        model(torch.zeros(1, *input_size, device=model_device(model), dtype=model_dtype(model)))
     return int(counter.get_total_flops())
 
 
-__all__ = ["LayerInfo", "friendly_names", "resolve_layer", "layer_geometry", "conv_layers", "count_flops"]
+# --------------------------------------------------------------------------- the layer tap
+
+class StopForward(Exception):
+    """Raised from a tap to end a forward pass once the layers needed have run."""
+
+
+def _scripted(m: nn.Module) -> bool:
+    return isinstance(m, torch.jit.ScriptModule)
+
+
+def check_runnable(model: nn.Module, *, rules: bool = False) -> None:
+    """A one-line error for a model vizcnn cannot run: not a module, no weights (the meta
+    device), and under the reverse rules (``rules``) TorchScript submodules (the rules
+    rewrite rectifiers in Python, which TorchScript hides) and activation checkpointing
+    (``memory_efficient`` DenseNet: the backward recomputes the forward without the
+    rules)."""
+    if not isinstance(model, nn.Module):
+        raise BadArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise BadArgumentError(f"{type(model).__name__} has its parameters on the meta device (no weights to run); "
+                               f"load or initialise its weights first (e.g. model.to_empty(device=...) and a "
+                               f"checkpoint)")
+    if not rules:
+        return
+    for path, m in model.named_modules():
+        if _scripted(m):
+            where = f"submodule {path!r}" if path else "the model"
+            raise BadArgumentError(f"{where} is a TorchScript module: the deconvnet and guided rules cannot see "
+                                   f"the rectifiers inside it; use the eager (unscripted) module")
+        if getattr(m, "memory_efficient", False) is True:
+            raise BadArgumentError(f"{path or type(model).__name__} uses activation checkpointing "
+                                   f"(memory_efficient=True): its backward recomputes the forward without the "
+                                   f"deconvnet/guided rules; build the model with memory_efficient=False")
+
+
+class LayerTap:
+    """Captures named layers' outputs while the model runs: the one way vizcnn hooks a
+    model to read a layer (the extractor, the deconvnet, saliency, occlusion, invariance,
+    geometry and the sanity cascade all tap through it).
+
+    >>> with LayerTap(model, ["conv5", "layer1.0.relu:1"]) as tap:
+    ...     model(x)
+    >>> tap["conv5"]
+
+    ``layers``: names (friendly, module path, or ``path:k`` for the k-th call of a module
+    that runs more than once; plain ``path`` is ``path:0``), or None for every submodule,
+    each call kept under ``path`` (first call) or ``path:k``. ``where`` narrows None to
+    the modules it accepts. The tap owns the call counting: counts restart at every
+    forward of ``model``, as do the captured outputs.
+
+    ``inputs``: capture each module's first input instead of its output. ``record(name,
+    tensor)``: what to keep (default the tensor itself, graph and all); ``replace(name,
+    kept)``: a tensor the rest of the network sees instead of the output (a clone, a
+    fresh leaf). ``stop``: end the forward with :class:`StopForward` once every named
+    layer has been captured (see :func:`run_until_stopped`). Hooks go on entry and come
+    off on exit, normal or not.
+    """
+
+    def __init__(self, model: nn.Module, layers: str | Sequence[str] | None, *, inputs: bool = False,
+                 record: Callable[[str, torch.Tensor], Any] | None = None,
+                 replace: Callable[[str, Any], torch.Tensor | None] | None = None, stop: bool = False,
+                 where: Callable[[nn.Module], bool] | None = None):
+        self.model = model
+        self.every = layers is None
+        names = [] if layers is None else ([layers] if isinstance(layers, str) else list(layers))
+        self.targets = {name: resolve_layer(model, name) for name in names}
+        self.inputs, self.record, self.replace, self.stop, self.where = inputs, record, replace, stop, where
+        self.outputs: dict[str, Any] = {}
+        self.calls: dict[str, int] = {}
+        self.order: list[str] = []
+        self._handles: list = []
+
+    def module(self, name: str) -> nn.Module:
+        """The module a name (or a ``path:k`` key) captured from."""
+        path = self.targets[name][0] if name in self.targets else name.partition(":")[0]
+        return self.model.get_submodule(path)
+
+    def __enter__(self) -> "LayerTap":
+        modules = dict(self.model.named_modules())
+        if self.every:  # TorchScript modules take no hooks: their layers go unrecorded
+            paths = [p for p, m in modules.items() if p and not _scripted(m) and (self.where is None or self.where(m))]
+        else:
+            paths = list(dict.fromkeys(path for path, _ in self.targets.values()))
+            for name, (path, _) in self.targets.items():
+                if _scripted(modules[path]):
+                    raise BadArgumentError(f"layer {name!r} is a TorchScript module, which takes no hooks; "
+                                           f"name an eager module (or use the unscripted model)")
+        wanted: dict[str, list[tuple[str, int]]] = {p: [] for p in paths}
+        for name, (path, call) in self.targets.items():
+            wanted[path].append((name, call))
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._restart))
+            for path in paths:
+                m = modules[path]
+                if self.inputs:
+                    self._handles.append(m.register_forward_pre_hook(self._hook(path, wanted[path])))
+                else:
+                    self._handles.append(m.register_forward_hook(self._hook(path, wanted[path])))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _restart(self, *_) -> None:
+        self.outputs, self.calls, self.order = {}, {}, []
+
+    def _hook(self, path: str, wanted: list[tuple[str, int]]):
+        def hook(_m, inp, out=None):
+            value = inp if self.inputs else out
+            t = value[0] if isinstance(value, (tuple, list)) and value else value
+            k = self.calls.get(path, 0)
+            self.calls[path] = k + 1
+            names = [f"{path}:{k}" if k else path] if self.every else [n for n, c in wanted if c == k]
+            if names and not isinstance(t, torch.Tensor):
+                if self.every:
+                    return None
+                raise BadArgumentError(f"layer {names[0]!r} gives a {type(t).__name__}, not a tensor")
+            for name in names:
+                self.outputs[name] = self.record(name, t) if self.record is not None else t
+                self.order.append(name)
+            if self.stop and self.targets and len(self.outputs) == len(self.targets):
+                raise StopForward
+            replaced = None
+            if self.replace is not None:
+                for name in names:
+                    replaced = self.replace(name, self.outputs[name])
+            if replaced is None:
+                return None
+            if self.inputs:
+                return (replaced, *value[1:]) if isinstance(value, tuple) else replaced
+            return type(value)((replaced, *value[1:])) if isinstance(value, (tuple, list)) else replaced
+        return hook
+
+    def missing(self) -> list[str]:
+        return [name for name in self.targets if name not in self.outputs]
+
+    def check(self) -> None:
+        """A one-line error for every named layer the last forward did not reach."""
+        for name in self.missing():
+            path, call = self.targets[name]
+            ran = self.calls.get(path, 0)
+            if ran == 0:
+                raise BadArgumentError(f"layer {name!r} did not run in the forward pass")
+            raise BadArgumentError(f"layer {name!r} ran {ran} time(s) in the forward pass; call index {call} "
+                                   f"does not exist (use {path}:0..{path}:{ran - 1})")
+
+    def __getitem__(self, name: str):
+        return self.outputs[name]
+
+
+def run_until_stopped(model: nn.Module, x: torch.Tensor):
+    """Calls ``model(x)`` and returns its output; a :class:`StopForward` from a tap ends it
+    quietly (returns None), and a RuntimeError (an input the model cannot take: wrong
+    size, channels, dtype) becomes a one-line ``BadInputError``."""
+    try:
+        return model(x)
+    except StopForward:
+        return None
+    except RuntimeError as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BadInputError(f"{type(model).__name__} cannot run on an input of shape {tuple(x.shape)}: "
+                            f"{reason}") from None
+
+
+__all__ = ["LayerInfo", "LayerTap", "StopForward", "run_until_stopped", "friendly_names", "resolve_layer",
+           "layer_geometry", "geometry_key", "conv_layers", "default_layers", "last_conv_layer", "count_flops",
+           "is_conv", "feeding_layer", "ELEMENTWISE", "ACTIVATIONS", "meta_copy", "output_shapes",
+           "check_runnable"]

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,11 +53,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .deconv import check_input
-from .errors import BadArgumentError, BadInputError
-from .layers import friendly_names, resolve_layer
+from .errors import BadArgumentError, BadInputError, as_index
+from .layers import LayerTap, check_runnable, last_conv_layer, resolve_layer
 from .progress import ProgressFn, each
 from .rules import ReverseRules
-from .state import preserved_model
+from .state import model_device, model_dtype, preserved_model
 
 METHODS = ("gradient", "deconvnet", "guided", "integrated-gradients", "smoothgrad", "gradcam", "occlusion")
 
@@ -99,7 +98,8 @@ class SaliencyResult:
 def saliency(model: nn.Module, x: torch.Tensor, method: str, target: int | None = None, *,
              layer: str | None = None, steps: int = 50, samples: int = 50, noise: float = 0.15,
              baseline: torch.Tensor | None = None, window: int | None = None, stride: int | None = None,
-             batch: int = DEFAULT_BATCH, seed: int = 0) -> SaliencyResult:
+             batch: int = DEFAULT_BATCH, seed: int = 0, lrn: str | None = None,
+             strict: bool | None = None) -> SaliencyResult:
     """The saliency map of ``method`` for class ``target`` (default: the top prediction).
 
     x: one normalised image (1, C, H, W) or (C, H, W).
@@ -115,6 +115,9 @@ def saliency(model: nn.Module, x: torch.Tensor, method: str, target: int | None 
     window, stride: occlusion square and step in pixels (default ≈ 1/7 of the shorter
         side, half of that for the stride: 32 and 16 at 224²).
     batch: images per batched forward/backward for the multi-image methods.
+    lrn, strict: the deconvnet's and guided backprop's LRN rule and whether a fallback to
+    the gradient (no rectifier caught, activations without a rule) is an error rather
+    than an :class:`~vizcnn.errors.ActivationWarning`; see :func:`vizcnn.deconv.project`.
     """
     if method not in METHODS:
         raise BadArgumentError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
@@ -126,7 +129,8 @@ def saliency(model: nn.Module, x: torch.Tensor, method: str, target: int | None 
     if not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
         raise BadArgumentError(f"noise must be a non-negative number, got {noise!r}")
     x = check_input(x)
-    x = x.detach().to(_device(model, x), dtype=_dtype(model, x))
+    check_runnable(model, rules=method in ("deconvnet", "guided"))
+    x = x.detach().to(model_device(model, x.device), dtype=model_dtype(model, x.dtype))
     if method == "gradcam":
         layer = layer or default_gradcam_layer(model, tuple(x.shape[1:]))
         resolve_layer(model, layer)  # a bad name fails before any work
@@ -134,7 +138,7 @@ def saliency(model: nn.Module, x: torch.Tensor, method: str, target: int | None 
         occlusion_window(*x.shape[-2:], window, stride)
     with _frozen(model):
         if method in ("gradient", "deconvnet", "guided"):
-            return _reverse(model, x, method, target)
+            return _reverse(model, x, method, target, lrn, strict)
         if method == "gradcam":
             return _gradcam(model, x, layer, target)
         with torch.no_grad():  # the image (and integrated gradients' baseline) once, for the target
@@ -150,15 +154,6 @@ def saliency(model: nn.Module, x: torch.Tensor, method: str, target: int | None 
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _device(model: nn.Module, x: torch.Tensor) -> torch.device:
-    return next((p.device for p in model.parameters()), x.device)
-
-
-def _dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
-    p = next((p for p in model.parameters() if p.is_floating_point()), None)
-    return p.dtype if p is not None else x.dtype
 
 
 class _frozen:
@@ -203,9 +198,10 @@ def _pick(logits: torch.Tensor, target: int | None) -> int:
     n = logits.shape[1]
     if target is None:
         return int(logits[0].argmax())
-    if not isinstance(target, (int, np.integer)) or isinstance(target, bool) or not 0 <= target < n:
+    t = as_index(target, "target")
+    if not 0 <= t < n:
         raise BadArgumentError(f"target {target!r} out of range: the model has {n} classes (0..{n - 1})")
-    return int(target)
+    return t
 
 
 def _channel_max(attribution: torch.Tensor) -> torch.Tensor:
@@ -235,15 +231,18 @@ def _batched_grads(model: nn.Module, images: torch.Tensor, t: int, batch: int,
 # --------------------------------------------------------------------------- methods
 
 
-def _reverse(model: nn.Module, x: torch.Tensor, method: str, target: int | None) -> SaliencyResult:
-    """One forward and one backward; ReLUs with the method's rule (the plain gradient is
-    autograd's own, LRN included)."""
+def _reverse(model: nn.Module, x: torch.Tensor, method: str, target: int | None, lrn: str | None = None,
+             strict: bool | None = None) -> SaliencyResult:
+    """One forward and one backward; rectifiers with the method's rule (the plain gradient
+    is autograd's own, LRN included)."""
     leaf = x.requires_grad_(True)
     if method == "gradient":
         logits = _forward(model, leaf)
     else:
-        with ReverseRules(method):
+        rules = ReverseRules(method, lrn=lrn, strict=strict)
+        with rules:
             logits = _forward(model, leaf)
+        rules.check()
     t = _pick(logits, target)
     (g,) = torch.autograd.grad(logits[0, t], leaf)
     prob = float(torch.softmax(logits[0].detach().float(), 0)[t])
@@ -285,37 +284,16 @@ def _smoothgrad(model, x, t, prob, samples, noise, batch, seed) -> SaliencyResul
     return _result(attribution, t, prob, "smoothgrad", samples=samples, noise=noise, sigma=sigma, seed=seed)
 
 
-class _LayerTap:
-    """Forward hook that keeps the ``call``-th output of one module as a new leaf and hands
-    the rest of the network a clone of it, so a later in-place op (``ReLU(inplace=True)``)
-    cannot change the kept tensor and the backward stops at the layer."""
-
-    def __init__(self, module: nn.Module, call: int):
-        self.call, self.seen, self.output = call, 0, None
-        self.handle = module.register_forward_hook(self)
-
-    def __call__(self, _m, _inp, out):
-        k, self.seen = self.seen, self.seen + 1
-        if k == self.call:
-            if not isinstance(out, torch.Tensor):
-                raise BadArgumentError(f"the layer's output is a {type(out).__name__}, not a tensor")
-            # A fresh leaf: the backward stops here (nothing below the layer is needed)
-            self.output = out.detach().requires_grad_(True)
-            return self.output.clone()
-        return None
-
-
 def _gradcam(model: nn.Module, x: torch.Tensor, layer: str, target: int | None) -> SaliencyResult:
-    path, call = resolve_layer(model, layer)
-    tap = _LayerTap(dict(model.named_modules())[path], call)
-    try:
+    path, _ = resolve_layer(model, layer)
+    # The layer's output becomes a fresh leaf (the backward stops there: nothing below
+    # it is needed) and the rest of the network sees a clone of it, so a later in-place
+    # op (ReLU(inplace=True)) cannot change the kept tensor.
+    with LayerTap(model, layer, record=lambda _n, t: t.detach().requires_grad_(True),
+                  replace=lambda _n, leaf: leaf.clone()) as tap:
         logits = _forward(model, x)
-    finally:
-        tap.handle.remove()
-    act = tap.output
-    if act is None:
-        raise BadArgumentError(f"layer {layer!r} ran {tap.seen} time(s) in the forward pass; call index {call} "
-                               f"does not exist")
+    tap.check()
+    act = tap[layer]
     if act.dim() != 4:
         raise BadArgumentError(f"Grad-CAM needs a spatial layer (C, H, W); layer {layer!r} gives "
                                f"{tuple(act.shape[1:])}")
@@ -374,90 +352,12 @@ def _occlusion(model, x, t, prob, window, stride, batch) -> SaliencyResult:
 
 # --------------------------------------------------------------------------- Grad-CAM layer
 
-_COLLAPSING = (nn.Linear, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-
-
-def _is_conv(m: nn.Module) -> bool:
-    return isinstance(m, nn.modules.conv._ConvNd) or ("conv" in type(m).__name__.lower()
-                                                     and any(True for _ in m.parameters(recurse=False)))
-
-
-def _output_shapes(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """Each module's output shape (first call, batch dimension dropped), in the order the
-    modules finish, from one forward of a parameter-free copy on the meta device."""
-    import copy
-
-    memo = {id(t): torch.empty_like(t, device="meta") for t in (*model.parameters(), *model.buffers())}
-    probe = copy.deepcopy(model, memo).eval()
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def hook(path):
-        def record(_m, _inp, out):
-            if isinstance(out, torch.Tensor) and path not in shapes:
-                shapes[path] = tuple(out.shape[1:])
-        return record
-
-    for path, m in probe.named_modules():
-        if path:
-            m.register_forward_hook(hook(path))
-    try:
-        with torch.no_grad():
-            probe(torch.zeros((1, *input_size), device="meta"))
-    except RuntimeError:  # a fixed-size classifier on another size: the conv part has run
-        pass
-    return shapes
-
 
 def default_gradcam_layer(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> str:
-    """The model's last conv feature map, where Grad-CAM is usually taken.
-
-    The last friendly ``conv*`` name where the model has them (AlexNet ``conv5``, VGG
-    ``conv5_3``: the rectified output); otherwise the outermost block around the last
-    convolution with a spatial (> 1×1) output that keeps its size and holds nothing
-    that collapses space (ResNet ``layer4``, GoogLeNet ``inception5b``), or the
-    activation that directly follows a bare convolution (LeNet-5 ``act3``).
-    """
-    friendly = [n for n in friendly_names(model) if n.startswith("conv")]
-    if friendly:
-        return friendly[-1]
-    # The probe forward costs ~0.1-0.5 s on big models: remember the answer per model,
-    # input size and module structure.
-    key = (tuple(input_size), tuple((p, type(m)) for p, m in model.named_modules()))
-    cached = _DEFAULT_LAYER.setdefault(model, {})
-    if key not in cached:
-        cached[key] = _find_last_conv_map(model, input_size)
-    return cached[key]
-
-
-_DEFAULT_LAYER: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def _find_last_conv_map(model: nn.Module, input_size: tuple[int, int, int]) -> str:
-    shapes = _output_shapes(model, input_size)
-    modules = dict(model.named_modules())
-    order = list(shapes)
-    spatial = [k for k in order if _is_conv(modules[k]) and len(shapes[k]) == 3 and shapes[k][1] * shapes[k][2] > 1]
-    if not spatial:
-        raise BadArgumentError(f"{type(model).__name__} has no convolution with a spatial output; "
-                               f"pass a layer name for gradcam")
-    last = spatial[-1]
-    hw = shapes[last][1:]
-    parts = last.split(".")
-    chosen = last
-    for i in range(1, len(parts)):
-        p = ".".join(parts[:i])
-        if p in shapes and len(shapes[p]) == 3 and shapes[p][1:] == hw and \
-                not any(isinstance(m, _COLLAPSING) for m in modules[p].modules()):
-            chosen = p
-            break
-    if chosen == last:  # a bare conv: take the activation that follows it, if one does
-        i = order.index(last)
-        if i + 1 < len(order):
-            nxt = order[i + 1]
-            if nxt.rpartition(".")[0] == last.rpartition(".")[0] and shapes[nxt] == shapes[last] and \
-                    not any(True for _ in modules[nxt].parameters()):
-                chosen = nxt
-    return chosen
+    """The model's last conv feature map, where Grad-CAM is usually taken
+    (:func:`vizcnn.layers.last_conv_layer`: AlexNet ``conv5``, ResNet ``layer4``,
+    GoogLeNet ``inception5b``, LeNet-5 ``act3``)."""
+    return last_conv_layer(model, input_size)
 
 
 # --------------------------------------------------------------------------- several methods
@@ -498,7 +398,8 @@ def top_classes(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[tuple[int
     """The k most probable classes of one image: [(index, probability)]."""
     x = check_input(x)
     with _frozen(model), torch.no_grad():
-        p = torch.softmax(_forward(model, x.to(_device(model, x), _dtype(model, x))).float()[0], 0)
+        x = x.to(model_device(model, x.device), model_dtype(model, x.dtype))
+        p = torch.softmax(_forward(model, x).float()[0], 0)
     values, index = p.topk(min(k, len(p)))
     return [(int(i), float(v)) for i, v in zip(index, values)]
 

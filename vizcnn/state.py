@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 
@@ -24,3 +25,20 @@ def preserved_model(model: nn.Module) -> Iterator[nn.Module]:
             m.training = training
         for p, requires_grad in flags:
             p.requires_grad_(requires_grad)
+
+
+def model_device(model: nn.Module, default: torch.device | str | None = None) -> torch.device:
+    """The device of the model's first parameter (else buffer), else ``default`` (the CPU
+    when None): where vizcnn puts the inputs it runs the model on."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device(default if default is not None else "cpu")
+
+
+def model_dtype(model: nn.Module, default: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (else buffer), else
+    ``default``: inputs are cast to it, so half and bfloat16 models run as they are."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return default
