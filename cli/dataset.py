@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from .main import cli
-from .options import default_weights, echo_summary, model_argument, output_folder, progress, run_options, wrote
+from .options import (default_weights, echo_summary, model_argument, output_folder, policy_fields, progress,
+                      projection_options, run_options, wrote)
 
 data_argument = click.argument("data", metavar="DATA")
 batch_option = click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
@@ -43,8 +44,8 @@ def _session(model, data, weights, seed, device, limit, out, command, force):
     from vizcnn.models import get_spec, load_model
     from vizcnn.reports import resolve_device
 
-    spec = get_spec(model)
     weights = default_weights(model, weights)
+    spec = get_spec(model, weights)
     source = open_data(data, limit=limit)
     with distributed(resolve_device(device)) as (rank, _world, dev):
         folder = None
@@ -53,7 +54,8 @@ def _session(model, data, weights, seed, device, limit, out, command, force):
                                    force=force)
         net = load_model(model, weights, seed=seed, device=dev)
         yield spec, net, source, folder, {"weights": str(weights), "device": str(dev),
-                                          "out": str(folder.final) if folder is not None else None}
+                                          "out": str(folder.final) if folder is not None else None,
+                                          **policy_fields()}
 
 
 def _line(summary: dict, folder) -> str:
@@ -84,6 +86,7 @@ def pass_options(command):
               help="Also compute the dead-filter statistics of these layers, in the same pass.")
 @pass_options
 @run_options
+@projection_options
 def topk(model, data, layers, top, distinct_images, units, method, dead_filters, min_firing, min_max, batch_size,
          workers, limit, weights, seed, device, out, force, as_json):
     """Top-k activations of every unit over DATA, projected to pixels (Zeiler & Fergus Fig. 2).

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from .main import cli
-from .options import ImageRun, echo_summary, image_argument, model_argument, progress, run_options, wrote
+from .options import (ImageRun, default_weights, echo_summary, image_argument, model_argument, progress,
+                      projection_options, run_options, wrote)
 
 batch_option = click.option("--batch-size", default=64, show_default=True, type=int,
                             help="Images per forward pass.")
@@ -26,6 +27,7 @@ target_option = click.option("--target", type=int, default=None,
               help="Recompute every occluded image in full instead of incrementally (same maps, slower).")
 @batch_option
 @run_options
+@projection_options
 def occlusion(model, image, window, stride, layer, target, full, batch_size, weights, seed, device, out, force,
               as_json):
     """Occlusion sensitivity of IMAGE, as Zeiler & Fergus Fig. 7.
@@ -42,7 +44,7 @@ def occlusion(model, image, window, stride, layer, target, full, batch_size, wei
     from vizcnn.render_occlusion import write_occlusion
 
     # Bad sizes fail before anything loads: the image is fitted to the model's input size.
-    tops, lefts = positions(get_spec(model).input_size[1:], window, stride)
+    tops, lefts = positions(get_spec(model, default_weights(model, weights)).input_size[1:], window, stride)
     run = ImageRun("occlusion", model, image, weights, seed, device, out, force)
     with progress(as_json) as p:  # one step: say what runs
         p(0, 1, f"occlusion, {len(tops)}×{len(lefts)} positions")

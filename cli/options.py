@@ -1,6 +1,7 @@
 """Options shared by several subcommands, defined once."""
 from __future__ import annotations
 
+import functools
 import json
 
 import click
@@ -21,6 +22,43 @@ out_option = click.option("--out", "out", default=None, metavar="DIR",
 force_option = click.option("--force", is_flag=True,
                             help="Write into a non-empty output folder that holds no earlier run of this command.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+
+
+lrn_option = click.option(
+    "--lrn", type=click.Choice(["identity", "gradient"]), default="identity", show_default=True,
+    help="How the deconvnet and guided backprop pass local response normalization (AlexNet-2012, ZFNet): as the "
+         "identity (the deconvnet convention) or as its gradient. --method gradient always differentiates it.")
+strict_option = click.option(
+    "--strict", is_flag=True,
+    help="Exit with code 2 instead of warning when a deconvnet or guided projection falls back to the gradient "
+         "(no rectifier caught, or activations without a deconvnet rule: LeakyReLU, SiLU, GELU, ...).")
+
+
+def projection_options(command):
+    """--lrn and --strict for the commands that project: the command runs under one
+    ``vizcnn.rules.activation_policy``; each fallback to the gradient is one
+    ``warning: ...`` line on stderr and an entry of ``activation_warnings`` in
+    summary.json (:func:`policy_fields`), and with --strict an error (exit code 2)."""
+    @functools.wraps(command)
+    def run(*args, lrn, strict, **kwargs):
+        from vizcnn.rules import activation_policy
+
+        with activation_policy(strict=strict, lrn=lrn, echo=lambda msg: click.echo(f"warning: {msg}", err=True)):
+            return command(*args, **kwargs)
+
+    return lrn_option(strict_option(run))
+
+
+def policy_fields() -> dict:
+    """The summary.json fields of the running command's activation policy: ``lrn``,
+    ``strict`` and ``activation_warnings`` (the list the projections fill as they run);
+    {} outside :func:`projection_options`."""
+    from vizcnn.rules import current_policy
+
+    policy = current_policy()
+    if policy.notes is None:
+        return {}
+    return {"lrn": policy.lrn, "strict": policy.strict, "activation_warnings": policy.notes}
 
 
 def default_weights(model: str, weights: str) -> str:
@@ -94,14 +132,14 @@ class ImageRun:
         from vizcnn.models import class_names, get_spec, load_model
         from vizcnn.reports import resolve_device
 
-        self.spec = get_spec(model)
         self.weights = default_weights(model, weights)
+        self.spec = get_spec(model, self.weights)  # shipped weights bring their own input size
         self.device = resolve_device(device)
         self.shown, x = load_input(image, self.spec)
         self.model = load_model(model, self.weights, seed=seed, device=self.device)
         self.x = x.to(self.device)
-        self.class_names = class_names(model)
+        self.class_names = class_names(model, weights=self.weights)
         self.out = output_folder(out or Path("vizcnn-out") / f"{command}-{model}-{Path(image).stem}", command,
                                  force=force)
         self.extra = {"weights": str(self.weights), "image": str(image), "device": str(self.device),
-                      "out": str(self.out.root)}
+                      "out": str(self.out.root), **policy_fields()}

@@ -9,7 +9,8 @@ from vizcnn.progress import Progress
 
 from .main import cli
 from .options import (default_weights, device_option, echo_summary, force_option, image_argument, json_option,
-                      model_argument, out_option, output_folder, seed_option, weights_option, wrote)
+                      model_argument, out_option, output_folder, policy_fields, projection_options, seed_option,
+                      weights_option, wrote)
 
 
 def _Progress(quiet: bool) -> Progress:
@@ -46,6 +47,7 @@ def _Progress(quiet: bool) -> Progress:
 @out_option
 @force_option
 @json_option
+@projection_options
 def report(model, image, data, layers, top, units, limit, workers, steps, dpi, fmt, quiet, weights, seed, device, out,
            force, as_json):
     """Every analysis of IMAGE in one folder, with an index.html to open or send.
@@ -71,8 +73,8 @@ def report(model, image, data, layers, top, units, limit, workers, steps, dpi, f
 
     if limit is not None and data is None:
         raise BadArgumentError("--limit applies to --data; give a DATA folder or list")
-    spec = get_spec(model)
     weights = default_weights(model, weights)
+    spec = get_spec(model, weights)
     dev = resolve_device(device)
     shown, x = load_input(image, spec)  # a bad image, DATA, weights or layer fails before any work or folder
     source = None
@@ -84,13 +86,14 @@ def report(model, image, data, layers, top, units, limit, workers, steps, dpi, f
     for name in layers:
         resolve_layer(net, name)
     folder = output_folder(out or Path("vizcnn-out") / f"report-{model}-{Path(image).stem}", "report", force=force)
-    extra = {"weights": str(weights), "seed": seed, "image": str(image), "device": str(dev), "out": str(folder.root)}
+    extra = {"weights": str(weights), "seed": seed, "image": str(image), "device": str(dev), "out": str(folder.root),
+             **policy_fields()}
     if data is not None:
         extra["data"] = str(data)
     progress = _Progress(quiet or as_json)
     try:
         summary = write_report(folder, net, model, shown, x.to(dev), spec=spec, layers=list(layers) or None, top=top,
-                               data=source, names=class_names(model), fmt=fmt, dpi=dpi, steps=steps,
+                               data=source, names=class_names(model, weights=weights), fmt=fmt, dpi=dpi, steps=steps,
                                data_units=units, num_workers=workers, extra=extra, progress=progress)
     finally:
         progress.close()

@@ -91,13 +91,22 @@ def models(plot, as_json):
         top1 = f"{r['top1']:.1f}" if r["top1"] is not None else "-"
         lines.append(f"{r['name']:<18} {r['params']:>13,} {r['published_params']:>13,}  "
                      f"{'×'.join(map(str, r['input_size'])):<10} {r['gflops']:>7.2f}  {top1:>6}  {r['source']}")
+    from vizcnn.shipped import shipped_weights
+
+    shipped = [{"model": m, **{k: card[k] for k in ("weights", "input_size", "data", "accuracy")}}
+               for m, named in shipped_weights().items() for card in named.values()]
+    lines.append("")
+    lines.append("learned weights shipped with vizcnn (--weights NAME; works offline):")
+    for w in shipped:
+        lines.append(f"  {w['model']} --weights {w['weights']}: {'×'.join(map(str, w['input_size']))} input, "
+                     f"{w['data']}; top-1 {w['accuracy']['top1']:.3f} on {w['accuracy']['split']}")
     lines.append("")
     lines.append("conv layers (kernel/stride, receptive field in input pixels):")
     for r in rows:
         convs = [f"{c['layer']} {c['kernel'][0]}/{c['stride'][0]} rf{c['receptive_field'][0]}" for c in r["convs"]]
         shown = convs if len(convs) <= 16 else convs[:12] + [f"... {len(convs) - 12} more (vizcnn layers {r['name']})"]
         lines.append(f"  {r['name']}: " + ", ".join(shown))
-    echo_summary({"models": rows}, as_json, "\n".join(lines))
+    echo_summary({"models": rows, "shipped_weights": shipped}, as_json, "\n".join(lines))
 
 
 @cli.command()

@@ -1,4 +1,4 @@
-"""Trains the LeNet-5 checkpoint shipped as samples/lenet5-fashion-mnist.pt.
+"""Trains the LeNet-5 checkpoint shipped as vizcnn/models/weights/lenet5-fashion-mnist.pt.
 
 Data: Fashion-MNIST (Xiao et al. 2017, MIT licence) from Debian's dataset-fashion-mnist
 package (/usr/share/datasets/fashion-mnist). 28×28 images padded to LeNet-5's 32×32,
@@ -47,7 +47,7 @@ def main(epochs: int = 4, seed: int = 0) -> None:
         with torch.no_grad():
             acc = (model(xte).argmax(1) == yte).float().mean().item()
         print(f"epoch {epoch + 1}: loss {loss.item():.3f}, test accuracy {acc:.4f}, {time.time() - start:.0f} s")
-    torch.save(model.state_dict(), "samples/lenet5-fashion-mnist.pt")
+    torch.save(model.state_dict(), "vizcnn/models/weights/lenet5-fashion-mnist.pt")
 
 
 if __name__ == "__main__":

@@ -194,3 +194,28 @@ def test_interrupted_training_resumes_to_the_same_model(tmp_path):
     for p, q in zip(whole.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(p, q)
     assert curves.step[-1] == 8
+
+
+def test_device_script_runs_end_to_end_on_the_cpu_with_a_tiny_preset(tmp_path):
+    """benchmarks/device_study.sh: smoke test, measured throughput sizing the steps, the
+    study, timing.json — here on the CPU with the ci preset."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path), "PRESET": "ci", "DEVICE": "cpu", "TRAIN_BUDGET": "1",
+           "SMOKE_STEPS": "2", "PYTHON": sys.executable,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(["bash", str(root / "benchmarks" / "device_study.sh")], env=env, capture_output=True,
+                          text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-2000:]
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    rates = timing["throughput"]["images_per_second"]
+    assert set(rates) == {"alexnet-2012", "zfnet"} and all(v > 0 for v in rates.values())
+    # the steps fit the budget at the slower design's measured rate (at least one step)
+    assert timing["steps"] == max(1, min(PRESETS["ci"].steps, int(min(rates.values()) * 1 / PRESETS["ci"].batch)))
+    summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+    assert summary["preset"]["steps"] == timing["steps"] and len(summary["claims"]) == 4
+    assert "max relative difference" in done.stdout

@@ -44,7 +44,7 @@ from .study import PRESETS, FractalStream, Preset, build, design_name, evaluate,
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 EVOLUTION_UNITS = 2  # units per layer in the Fig. 4 panel
-LAYER2_UNITS = 16  # conv2 units whose top-9 are projected (Fig. 6 d/e)
+LAYER2_UNITS = 16  # conv2 units whose top-9 are projected (Fig. 6 d/e): the most strongly activated ones
 SHARED_CUTOFF_STRIDE = 4  # a common yardstick: energy above 1/8 cycles/px, for every design
 
 
@@ -408,7 +408,7 @@ def load_trained(model_name: str, weights: str, *, device: torch.device, seed: i
             label = f"{design_name(tuple(config['conv1']))} ({path.name})"
             return label, model.to(device).eval(), study_spec(preset, config["mean"])
     model = load_model(model_name, weights, seed=seed, device=device)
-    spec = get_spec(model_name)
+    spec = get_spec(model_name, weights)
     return f"{model_name}:{weights}", model.eval(), spec
 
 
@@ -441,14 +441,16 @@ def measure(model: nn.Module, name: str, spec, probe: torch.Tensor, *, heldout=N
     scan = scan_batches(model, batches, spec.input_size, topk_layers=["conv2"], stats_layers=list(LAYERS), top=9,
                         distinct_images=True)
     dead = {layer: int(s.dead().sum()) for layer, s in scan.stats.items()}
-    units = list(range(min(LAYER2_UNITS, scan.topk["conv2"].value.shape[0])))
+    # the units with the strongest top-1 activation: a dead unit has nothing to project
+    best = scan.topk["conv2"].value[:, 0].float().cpu()
+    units = sorted(best.argsort(descending=True)[:LAYER2_UNITS].tolist())
     winners = project_winners(model, source, spec, "conv2", scan.topk["conv2"], units)
     items = _projection_aliasing(winners, conv1[1])
     own = _weighted(items["own"], items["energy"])
     shared = _weighted(items["shared"], items["energy"])
     rows = [(u, [_cell(winners.get((u, r))) for r in range(9)]) for u in units]
     page = topk_page(rows, f"{name}{'' if seed is None else f', seed {seed}'}: conv2 top-9 over {len(source)} "
-                           f"probe images, deconvnet projection | patch (energy above 1/8 cycle/px: {shared:.2f}; "
+                           f"probe images, the {len(units)} most active units, deconvnet projection | patch (energy above 1/8 cycle/px: {shared:.2f}; "
                            f"above conv1's Nyquist: {own:.2f})")
     filters = spectra["filters"]
     structure = spectra["structure"]

@@ -8,7 +8,7 @@ load unchanged.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import BadArgumentError, BadInputError, UnknownNameError
+from ..shipped import WEIGHTS_DIR, shipped_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,7 +45,6 @@ class ModelSpec:
     tv_name: str | None = None  # torchvision builder whose IMAGENET1K_V1 weights apply
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
-    sample_weights: dict[str, str] = field(default_factory=dict)  # name -> file in samples/
 
 
 def _tv(name: str, **kwargs) -> Callable[[int], nn.Module]:
@@ -104,7 +104,7 @@ def _tv_spec(name: str, family: str, **kwargs) -> ModelSpec:
 MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("lenet5", _lenet5, "lenet", (1, 32, 32), 10, 60_000, None, None,
               "LeCun et al. 1998 (RBF output; 0.95% MNIST test error)",
-              mean=(0.5,), std=(0.5,), sample_weights={"fashion-mnist": "lenet5-fashion-mnist.pt"}),
+              mean=(0.5,), std=(0.5,)),
     _tv_spec("alexnet", "alexnet"),
     ModelSpec("alexnet-2012", _alexnet2012(1), "alexnet", (3, 224, 224), 1000, 62_378_344, 59.3, 81.8,
               "Krizhevsky et al. 2012, ungrouped (one net: 40.7/18.2% error)"),
@@ -124,11 +124,43 @@ def list_models() -> list[str]:
     return list(MODELS)
 
 
-def get_spec(name: str) -> ModelSpec:
+def get_spec(name: str, weights: str | os.PathLike | None = None) -> ModelSpec:
+    """The registry's entry for ``name``; with the name of shipped ``weights``, the input
+    size, normalisation and class count those weights were trained with."""
     try:
-        return MODELS[name]
+        spec = MODELS[name]
     except KeyError:
         raise UnknownNameError("model", name, MODELS) from None
+    card = shipped_weights(name).get(str(weights)) if weights is not None else None
+    if card is None:
+        return spec
+    return replace(spec, input_size=tuple(card["input_size"]), mean=tuple(card["mean"]), std=tuple(card["std"]),
+                   num_classes=card["num_classes"])
+
+
+def shrink_classifier(model: nn.Module, hidden: int, *, seed: int = 0) -> nn.Module:
+    """torchvision's AlexNet/VGG with fc6/fc7 ``hidden`` wide instead of 4096 (the size the
+    shipped small-input weights need); the convolutional features are unchanged."""
+    linears = [i for i, m in enumerate(model.classifier) if isinstance(m, nn.Linear)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for j, i in enumerate(linears):
+            old = model.classifier[i]
+            model.classifier[i] = nn.Linear(old.in_features if j == 0 else hidden,
+                                            old.out_features if j == len(linears) - 1 else hidden)
+    return model
+
+
+def _build_for_card(name: str, card: dict, seed: int) -> nn.Module:
+    if "zfnet" in card:  # the study's reduced ZFNet: its own widths and input size
+        from .zfnet import zfnet
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in card["zfnet"].items()}
+            return zfnet(num_classes=card["num_classes"], **kwargs)
+    model = build_model(name, card["num_classes"], seed=seed)
+    return shrink_classifier(model, card["classifier_hidden"], seed=seed) if "classifier_hidden" in card else model
 
 
 def build_model(name: str, num_classes: int | None = None, *, seed: int = 0) -> nn.Module:
@@ -149,22 +181,29 @@ def load_model(name: str, weights: str | os.PathLike | None = "random", *, num_c
 
     ``weights``: ``"random"`` (or None: seeded by ``seed``, reproducible), ``"imagenet"``
     (torchvision's published weights through its weights API: downloaded once into
-    torch's cache, then used offline), the name of a checkpoint shipped in samples/
-    (e.g. ``"fashion-mnist"`` for lenet5), or a path to a state_dict / checkpoint file,
-    always loaded with ``weights_only=True``.
+    torch's cache, then used offline), the name of learned weights shipped in the
+    package (``vizcnn models`` lists them: ``"fashion-mnist"`` for lenet5, alexnet and
+    zfnet), or a path to a state_dict / checkpoint file, always loaded with
+    ``weights_only=True``.
     """
     spec = get_spec(name)
     weights = "random" if weights is None else weights
+    shipped = shipped_weights(name)
     if weights == "imagenet":
         model = _imagenet_model(spec, num_classes)
+    elif str(weights) in shipped:
+        card = shipped[str(weights)]
+        if num_classes not in (None, card["num_classes"]):
+            raise BadArgumentError(f"{name} --weights {weights} has {card['num_classes']} classes, "
+                                   f"not num_classes={num_classes}")
+        model = _build_for_card(name, card, seed)
+        load_checkpoint(model, WEIGHTS_DIR / card["file"])
     else:
         path = None
-        if str(weights) in spec.sample_weights:
-            path = SAMPLES_DIR / spec.sample_weights[str(weights)]
-        elif weights != "random":
+        if weights != "random":
             path = Path(weights)
             if not path.exists():
-                named = ["random", "imagenet" if spec.tv_name else None, *spec.sample_weights]
+                named = ["random", "imagenet" if spec.tv_name else None, *shipped]
                 raise BadInputError(f"weights {str(weights)!r} for {name}: no such file, and not one of "
                                     f"{', '.join(n for n in named if n)}")
         model = build_model(name, num_classes, seed=seed)
@@ -175,8 +214,9 @@ def load_model(name: str, weights: str | os.PathLike | None = "random", *, num_c
 
 def _imagenet_model(spec: ModelSpec, num_classes: int | None) -> nn.Module:
     if spec.tv_name is None:
+        shipped = shipped_weights(spec.name)
         raise BadArgumentError(f"{spec.name} has no published ImageNet weights; use --weights random, "
-                               f"a checkpoint file{', or ' + ', '.join(spec.sample_weights) if spec.sample_weights else ''}")
+                               f"a checkpoint file{', or ' + ', '.join(shipped) if shipped else ''}")
     if num_classes not in (None, 1000):
         raise BadArgumentError(f"ImageNet weights have 1000 classes, not num_classes={num_classes}")
     import torchvision
@@ -280,9 +320,13 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     model.load_state_dict(state)
 
 
-def class_names(name: str, num_classes: int | None = None) -> list[str] | None:
-    """Class names where they are known: ImageNet's (shipped with torchvision) for
-    1000-class ImageNet architectures, Fashion-MNIST's for lenet5's sample weights."""
+def class_names(name: str, num_classes: int | None = None, weights: str | os.PathLike | None = None) -> list[str] | None:
+    """Class names where they are known: the shipped weights' own (Fashion-MNIST's for
+    ``--weights fashion-mnist``), ImageNet's (shipped with torchvision) for 1000-class
+    ImageNet architectures."""
+    card = shipped_weights(name).get(str(weights)) if weights is not None else None
+    if card is not None:
+        return list(card["classes"])
     spec = get_spec(name)
     n = spec.num_classes if num_classes is None else num_classes
     if n == 1000 and spec.input_size[0] == 3:
