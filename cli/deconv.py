@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from .main import cli
-from .options import ImageRun, echo_summary, image_argument, model_argument, progress, run_options, wrote
+from .options import (ImageRun, echo_summary, image_argument, model_argument, progress, projection_options,
+                      run_options, wrote)
 
 
 @cli.command()
@@ -18,6 +19,7 @@ from .options import ImageRun, echo_summary, image_argument, model_argument, pro
 @click.option("--method", type=click.Choice(["deconvnet", "guided", "gradient"]), default="deconvnet",
               show_default=True, help="Reverse rule at each ReLU.")
 @run_options
+@projection_options
 def deconv(model, image, layers, top, channel, method, weights, seed, device, out, force, as_json):
     """Project each layer's strongest activations in IMAGE back to pixel space.
 

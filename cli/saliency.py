@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from .main import cli
-from .options import ImageRun, echo_summary, image_argument, model_argument, progress, run_options, wrote
+from .options import (ImageRun, echo_summary, image_argument, model_argument, progress, projection_options,
+                      run_options, wrote)
 
 #: a method's verdict as printed: passes None where no step reached the verdict depth
 VERDICT = {True: "passes", False: "FAILS", None: "no verdict"}
@@ -27,6 +28,7 @@ steps_option = click.option("--steps", default=50, show_default=True, type=click
               help="Grad-CAM layer (default: the last conv feature map). See `vizcnn layers MODEL`.")
 @steps_option
 @run_options
+@projection_options
 def saliency(model, image, method, target, layer, steps, weights, seed, device, out, force, as_json):
     """Saliency maps: which pixels of IMAGE the class score depends on.
 
@@ -59,6 +61,7 @@ def saliency(model, image, method, target, layer, steps, weights, seed, device, 
 @click.option("--layer", default=None, metavar="NAME", help="Grad-CAM layer (default: the last conv feature map).")
 @steps_option
 @run_options
+@projection_options
 def sanity(model, image, methods, target, layer, steps, weights, seed, device, out, force, as_json):
     """Sanity checks (Adebayo et al. 2018): cascading randomization of the model's layers.
 

@@ -58,11 +58,11 @@ def test_deconv_writes_grids_and_summary(tmp_path, samples_dir):
 def test_deconv_options_and_rerun_into_same_folder(tmp_path, samples_dir):
     out = tmp_path / "run"
     args = ["deconv", "lenet5", samples_dir / "camera.png", "--weights", "random", "--out", out, "--json"]
-    first = json.loads(run(*args, "--layer", "c1", "--layer", "c3").output)
+    first = json.loads(run(*args, "--layer", "c1", "--layer", "c3").stdout)  # stderr: LeNet-5 has no rectifier
     assert [e["layer"] for e in first["layers"]] == ["c1", "c3"] and len(first["layers"][0]["units"]) == 6
     second = run(*args, "--layer", "c3", "--channel", "4", "--method", "guided")
     assert second.exit_code == 0, second.output
-    summary = json.loads(second.output)
+    summary = json.loads(second.stdout)
     assert [u["channel"] for u in summary["layers"][0]["units"]] == [4] and summary["method"] == "guided"
     # the earlier run's files that this run did not write are gone: one run per folder
     assert sorted(os.listdir(out)) == ["deconv_c3.png", "summary.json"]

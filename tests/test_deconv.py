@@ -400,3 +400,70 @@ def test_geometry_cache_follows_the_model():
     model.features.conv1.stride = (2, 2)  # a structural change is noticed
     assert cached_geometry(model, (3, 99, 99))["conv2"].rf == (31, 31)  # 11 + 2·2 (pool) + 4·4 (conv2)
     assert cached_geometry(model, (3, 131, 131))["conv1"].shape[-1] == 63
+
+
+# --- method="gradient" is the gradient on every zoo model ----------------------------------
+
+def _quick_random(name: str) -> nn.Module:
+    """``name`` with random weights, built on the meta device and initialised on the CPU
+    except the big fully connected layers, which these projections never reach (zeros):
+    the whole zoo in seconds instead of a minute."""
+    from vizcnn.models import get_spec
+
+    if name == "lenet5":
+        return build_model(name, 10).eval()
+    with torch.device("meta"):
+        model = get_spec(name).build(10)
+    model.to_empty(device="cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            own = list(m.parameters(recurse=False))
+            if not own:
+                continue
+            if isinstance(m, nn.Linear) and m.weight.numel() > 1_000_000:
+                for p in own:
+                    p.zero_()
+            elif hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+            else:
+                for p in own:
+                    p.normal_(0, 0.1)
+    return model.eval()
+
+
+ZOO_SIZES = {"lenet5": 32, "alexnet": 96, "alexnet-2012": 99, "alexnet-2012-2gpu": 99, "zfnet": 99,
+             "zfnet-512": 99}
+
+
+@pytest.mark.parametrize("name", list(__import__("vizcnn.models", fromlist=["MODELS"]).MODELS))
+def test_gradient_method_is_activation_times_autograd_on_every_zoo_model(name):
+    """Seed convention: a projection is seeded with the unit's own activation a, so
+    method="gradient" is a · ∂a/∂x — autograd's own gradient, LRN included (it used to
+    take the deconvnet's LRN-as-identity convention on alexnet-2012 and zfnet)."""
+    from vizcnn.layers import default_layers, resolve_layer
+
+    model = _quick_random(name)
+    size = ZOO_SIZES.get(name, 64)
+    c_in = model_channels(model) if name != "lenet5" else 1
+    torch.manual_seed(1)
+    x = torch.randn(1, c_in, size, size)
+    layers = default_layers(model)
+    for layer in dict.fromkeys([layers[len(layers) // 2], layers[-1]]):
+        path, _ = resolve_layer(model, layer)
+        kept = {}
+        handle = model.get_submodule(path).register_forward_hook(lambda _m, _i, out: kept.setdefault("a", out))
+        leaf = x.clone().requires_grad_(True)
+        try:
+            model(leaf)
+        except RuntimeError:  # a classifier sized for 224 px: the layer has run
+            pass
+        finally:
+            handle.remove()
+        a = kept["a"][0]
+        c = int(a.flatten(1).max(1).values.argmax())
+        y, xx = divmod(int(a[c].argmax()), a.shape[-1])
+        (g,) = torch.autograd.grad(a[c, y, xx], leaf)
+        expected = (a[c, y, xx].detach() * g)[0]
+        got = vizcnn.project(model, x, layer, c, (y, xx), method="gradient")
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))

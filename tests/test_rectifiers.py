@@ -429,3 +429,60 @@ def test_saliency_deconvnet_warns_and_strict():
         saliency(model, x, "deconvnet")
     with pytest.raises(ActivationError):
         saliency(model, x, "guided", strict=True)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_cli_says_so_on_stderr_and_in_summary_and_strict_exits_2(tmp_path, samples_dir):
+    """LeNet-5 has no rectifier (scaled tanh): the deconvnet is its gradient, and says so."""
+    import json
+
+    img = str(samples_dir / "coffee.jpg")
+    out = tmp_path / "d"
+    res = _cli("deconv", "lenet5", img, "--weights", "random", "--top", "1", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert "warning: deconvnet: the forward ran no rectifier" in res.stderr
+    assert "Tanh" in res.stderr and "Tanh" not in res.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["activation_warnings"]) == 1 and "no rectifier" in summary["activation_warnings"][0]
+    assert summary["lrn"] == "identity" and summary["strict"] is False
+    res = _cli("deconv", "lenet5", img, "--weights", "random", "--top", "1", "--out", str(tmp_path / "s"), "--strict")
+    assert res.exit_code == 2
+    assert "no rectifier" in res.stderr and "Traceback" not in res.output
+    assert len(res.stderr.strip().splitlines()) == 1
+    # the gradient is the gradient: nothing to say
+    res = _cli("deconv", "lenet5", img, "--weights", "random", "--top", "1", "--out", str(tmp_path / "g"),
+               "--method", "gradient", "--strict")
+    assert res.exit_code == 0 and "warning" not in res.stderr
+    assert json.loads((tmp_path / "g" / "summary.json").read_text())["activation_warnings"] == []
+
+
+def test_cli_saliency_strict(tmp_path, samples_dir):
+    res = _cli("saliency", "lenet5", str(samples_dir / "coffee.jpg"), "--weights", "random", "--method", "guided",
+               "--out", str(tmp_path / "s"), "--strict")
+    assert res.exit_code == 2 and "guided" in res.stderr
+
+
+def test_cli_lrn_option(tmp_path, samples_dir):
+    """--lrn gradient changes the deconvnet through AlexNet-2012's LRN; it is recorded."""
+    import json
+
+    img = str(samples_dir / "cat.jpg")
+    got = {}
+    for lrn in ("identity", "gradient"):
+        out = tmp_path / lrn
+        res = _cli("deconv", "alexnet-2012", img, "--weights", "random", "--layer", "conv3", "--top", "1",
+                   "--lrn", lrn, "--out", str(out), "--strict")
+        assert res.exit_code == 0, res.output
+        got[lrn] = json.loads((out / "summary.json").read_text())
+        assert got[lrn]["lrn"] == lrn and got[lrn]["activation_warnings"] == []
+    res = _cli("deconv", "alexnet-2012", img, "--lrn", "nope")
+    assert res.exit_code == 2

@@ -44,8 +44,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import BadArgumentError, BadInputError, VizcnnError
+from .errors import ActivationError, BadArgumentError, BadInputError, VizcnnError
 from .imageio import figure_dpi, write_atomic, write_png
+from .layers import MAX_DEFAULT_LAYERS, default_layers  # noqa: F401  (the one default-layer rule, re-exported)
 from .output import OutputDir
 
 FORMATS = ("png", "pdf", "svg")
@@ -58,8 +59,6 @@ SANITY_METHODS = ("gradient", "guided", "gradcam")
 STEPS = 16
 #: Units per layer drawn in the dataset grids (every unit's winners are in summary.json).
 DATA_UNITS = 8
-#: At most this many layers by default for models without friendly conv names (ResNet).
-MAX_DEFAULT_LAYERS = 5
 
 
 @dataclass(frozen=True)
@@ -147,35 +146,15 @@ def _remove_stale(out: OutputDir) -> None:
 # --------------------------------------------------------------------------- the model card
 
 
-def default_layers(model: nn.Module) -> list[str]:
-    """The layers a report shows by default: ``vizcnn.layers.conv_layers`` (AlexNet conv1..
-    conv5, LeNet-5 c1, c3, c5), at most ``MAX_DEFAULT_LAYERS`` of them spread evenly from
-    the first to the last (ResNet-50 has 53 convolutions)."""
-    from .layers import conv_layers
-
-    convs = conv_layers(model)
-    if len(convs) <= MAX_DEFAULT_LAYERS:
-        return convs
-    picks = np.linspace(0, len(convs) - 1, MAX_DEFAULT_LAYERS).round().astype(int)
-    return [convs[i] for i in dict.fromkeys(picks.tolist())]
-
-
 def _conv_friendly(model: nn.Module) -> dict[str, str]:
     """conv module path -> the friendly name of its (rectified) output (features.0 -> conv1)."""
-    from .layers import friendly_names
+    from .layers import feeding_layer, friendly_names
 
-    modules = dict(model.named_modules())
     names = {}
-    for friendly, path in friendly_names(model).items():
-        parent, _, last = path.rpartition(".")
-        seq = modules.get(parent)
-        if not isinstance(seq, nn.Sequential):
-            continue
-        keys = list(seq._modules)
-        i = keys.index(last)
-        while i > 0 and not any(True for _ in seq[i].parameters(recurse=False)):
-            i -= 1
-        names[f"{parent}.{keys[i]}"] = friendly
+    for friendly in friendly_names(model):
+        path = feeding_layer(model, friendly)
+        if path is not None:
+            names.setdefault(path, friendly)
     return names
 
 
@@ -185,7 +164,7 @@ def model_card(model: nn.Module, model_name: str, input_size: tuple[int, int, in
     trainable parameters and FLOPs (2 per multiply-add) for one image. Computed from
     ``model`` itself on the meta device (no weights are copied); the published figures
     come from ``spec`` where given."""
-    from .layers import count_flops, layer_geometry, meta_copy
+    from .layers import count_flops, is_conv, layer_geometry, meta_copy
 
     probe = meta_copy(model).eval()
     geometry = layer_geometry(probe, input_size)
@@ -194,7 +173,7 @@ def model_card(model: nn.Module, model_name: str, input_size: tuple[int, int, in
     convs = []
     for key, info in geometry.items():
         m = modules.get(info.path)
-        if key != info.path or info.kernel is None or m is None or "Conv" not in type(m).__name__:
+        if key != info.path or info.kernel is None or m is None or not is_conv(m):
             continue
         padding = getattr(m, "padding", None)
         convs.append({
@@ -274,6 +253,8 @@ def write_report(out: OutputDir, model: nn.Module, model_name: str, image: np.nd
             t0 = time.perf_counter()
             try:
                 summary[step.key] = runners[step.key]()
+            except ActivationError:  # strict: a projection would fall back to the gradient
+                raise
             except VizcnnError as e:  # recorded and shown; the other steps still run
                 errors[step.key] = str(e)
             timings[step.key] = round(time.perf_counter() - t0, 3)

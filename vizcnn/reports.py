@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from .deconv import Activations, backproject, check_input, forward_to, strongest, top_units
-from .errors import BadArgumentError
+from .errors import BadArgumentError, as_index
 from .imageio import safe_filename, save_figure
-from .layers import conv_layers, layer_geometry, resolve_layer
+from .layers import default_layers, geometry_key, layer_geometry, resolve_layer
 from .output import OutputDir
 from .progress import ProgressFn, each
 from .render import deconv_grid, figure_title, num
@@ -34,13 +34,16 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def deconv_layers(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, top: int = 9,
-                  channel: int | None = None, method: str = "deconvnet", lrn: str = "identity",
-                  progress: ProgressFn | None = None) -> dict[str, tuple[Activations, torch.Tensor]]:
+                  channel: int | None = None, method: str = "deconvnet", lrn: str | None = None,
+                  strict: bool | None = None, progress: ProgressFn | None = None
+                  ) -> dict[str, tuple[Activations, torch.Tensor]]:
     """For each layer: its ``top`` strongest channels in the image (or just ``channel``),
-    and their projections (K, C, H, W). One forward to the deepest layer serves all."""
+    and their projections (K, C, H, W). One forward to the deepest layer serves all.
+    ``lrn`` and ``strict`` as in :func:`vizcnn.deconv.project`."""
     x = check_input(x)
+    channel = None if channel is None else as_index(channel, "channel")
     with preserved_model(model):
-        acts, leaf = forward_to(model, x, layers, ReverseRules(method, lrn=lrn))
+        acts, leaf = forward_to(model, x, layers, ReverseRules(method, lrn=lrn, strict=strict))
         result = {}
         for i, name in enumerate(each(progress, "projecting", layers)):
             act = acts[name]
@@ -63,7 +66,7 @@ def write_deconv(out: OutputDir, model: nn.Module, model_name: str, image: np.nd
                  method: str = "deconvnet", extra: dict | None = None, progress: ProgressFn | None = None) -> dict:
     """``vizcnn deconv``: one Fig. 2-style PNG per layer and summary.json.
     ``progress(done, total, what)`` hears of each layer projected and drawn."""
-    layers = list(layers or conv_layers(model))
+    layers = list(layers or default_layers(model))
     if not isinstance(top, int) or top < 1:
         raise BadArgumentError(f"--top must be a positive integer, got {top!r}")
     for name in layers:  # a bad name fails here, before any heavy work
@@ -74,7 +77,7 @@ def write_deconv(out: OutputDir, model: nn.Module, model_name: str, image: np.nd
     entries = []
     for name in each(progress, "drawing", layers):
         units, proj = results[name]
-        info = geometry[name]
+        info = geometry[geometry_key(model, name)]
         boxes = [info.box(int(yy), int(xx), h, w) for yy, xx in zip(units.y, units.x)]
         labels = [f"ch {int(c)} · activation {num(float(v))}\nreceptive field y {t}–{bt}, x {lf}–{rt} px"
                   for c, v, (t, bt, lf, rt) in zip(units.channel, units.value, boxes)]
