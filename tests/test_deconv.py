@@ -467,3 +467,102 @@ def test_gradient_method_is_activation_times_autograd_on_every_zoo_model(name):
         expected = (a[c, y, xx].detach() * g)[0]
         got = vizcnn.project(model, x, layer, c, (y, xx), method="gradient")
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
+# --- path:k names work everywhere a layer is named ------------------------------------------
+
+def _calls(model, path, x):
+    """Every call's output of module ``path``, recorded by a plain hook (the reference)."""
+    outs = []
+    h = model.get_submodule(path).register_forward_hook(lambda _m, _i, o: outs.append(o.detach().clone()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        h.remove()
+    return outs
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return build_model("resnet18", num_classes=10).eval()
+
+
+def test_path_k_in_extractor_forward_to_and_top_activations(resnet):
+    x = image(3, 64)
+    outs = _calls(resnet, "layer1.0.relu", x)
+    assert len(outs) == 2
+    with vizcnn.Extractor(resnet, ["layer1.0.relu:0", "layer1.0.relu:1", "layer1.0.relu"]) as ex:
+        got = ex.run(x)
+    assert torch.equal(got["layer1.0.relu:0"], outs[0]) and torch.equal(got["layer1.0.relu:1"], outs[1])
+    assert torch.equal(got["layer1.0.relu"], outs[0])
+    acts, _ = forward_to(resnet, x, ["layer1.0.relu:1", "layer1.0.relu:0"])
+    torch.testing.assert_close(acts["layer1.0.relu:0"], outs[0][0])
+    torch.testing.assert_close(acts["layer1.0.relu:1"], outs[1][0])
+    for k in (0, 1):
+        units = vizcnn.top_activations(resnet, x, f"layer1.0.relu:{k}", 3)
+        assert units.value.tolist() == outs[k][0].amax(dim=(1, 2)).sort(descending=True).values[:3].tolist()
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_path_k_in_project_and_project_top(resnet, k):
+    """:0 used to raise KeyError in the cropped projection's geometry lookup."""
+    x = image(3, 64)
+    a = _calls(resnet, "layer1.0.relu", x)[k][0]
+    c = int(a.flatten(1).max(1).values.argmax())
+    y, xx = divmod(int(a[c].argmax()), a.shape[-1])
+    leaf = x.clone().requires_grad_(True)
+    outs = []
+    h = resnet.layer1[0].relu.register_forward_hook(lambda _m, _i, o: outs.append(o.clone()))
+    try:
+        resnet(leaf)
+    finally:
+        h.remove()
+    (g,) = torch.autograd.grad(outs[k][0, c, y, xx], leaf)
+    expected = (outs[k][0, c, y, xx].detach() * g)[0]
+    got = vizcnn.project(resnet, x, f"layer1.0.relu:{k}", c, method="gradient")
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+    units, proj = vizcnn.project_top(resnet, x, f"layer1.0.relu:{k}", 2, method="gradient")
+    assert int(units.channel[0]) == c and proj.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(proj[0], expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+    with pytest.raises(BadArgumentError, match=r"ran 2 time\(s\)"):
+        vizcnn.project(resnet, x, "layer1.0.relu:2", 0)
+
+
+def test_path_k_in_occlude_saliency_and_invariance(resnet):
+    from vizcnn.invariance import invariance_curves
+    from vizcnn.occlusion import occlude
+    from vizcnn.saliency import saliency
+
+    x = image(3, 64)
+    outs = _calls(resnet, "layer1.0.relu", x)
+    for k in (0, 1):
+        r = occlude(resnet, x, window=32, stride=32, layer=f"layer1.0.relu:{k}")
+        assert r.activation_clean == pytest.approx(float(outs[k][0, r.channel].sum()), rel=1e-5)
+        assert r.projection is not None and r.projection_box is not None
+    cam0 = saliency(resnet, x, "gradcam", layer="layer1.0.relu:0")
+    cam = saliency(resnet, x, "gradcam", layer="layer1.0.relu")
+    assert torch.equal(cam0.map, cam.map) and cam0.info["layer_shape"] == list(outs[0].shape[1:])
+    inv = invariance_curves(resnet, x, "translate", [0.0, 8.0], layers=("layer1.0.relu:1", "layer1.0.relu:0"))
+    assert inv.norm_first == pytest.approx(float(outs[1].double().norm()), rel=1e-6)
+    assert inv.norm_last == pytest.approx(float(outs[0].double().norm()), rel=1e-6)
+
+
+def test_path_k_on_the_command_line(tmp_path, samples_dir):
+    """`vizcnn deconv resnet18 IMG --layer layer1.0.relu:0` used to print a KeyError traceback."""
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    out = tmp_path / "d"
+    res = CliRunner().invoke(cli, ["deconv", "resnet18", str(samples_dir / "cat.jpg"), "--weights", "random",
+                                   "--layer", "layer1.0.relu:0", "--layer", "layer1.0.relu:1", "--top", "2",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["layer"] for e in summary["layers"]] == ["layer1.0.relu:0", "layer1.0.relu:1"]
+    res = CliRunner().invoke(cli, ["deconv", "resnet18", str(samples_dir / "cat.jpg"), "--weights", "random",
+                                   "--layer", "layer1.0.relu:7", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 2 and "Traceback" not in res.output and "ran 2 time(s)" in res.output

@@ -181,13 +181,15 @@ def test_panels_match_a_brute_force_loop():
     model = cached("zfnet", 99)
     x = image(99, seed=4)
     result = occlude(model, x, window=30, stride=32, layer="conv4", target=7)
-    assert result.layer == "conv4" and result.target == 7 and result.shape == (3, 3)
+    # 99 − 30 = 69 is not a multiple of 32: a 4th row/column at 96, clipped to 96..99 (captum's)
+    assert result.layer == "conv4" and result.target == 7 and result.shape == (4, 4)
+    assert result.tops.tolist() == [0, 32, 64, 96] and result.box(3, 3) == (96, 99, 96, 99)
     with Extractor(model, ["conv4"]) as ex:
         ex.run(x)
         clean = ex["conv4"][0]
         assert result.channel == int(clean.amax(dim=(1, 2)).argmax())
         assert result.activation_clean == pytest.approx(float(clean[result.channel].sum()), rel=1e-5)
-        for i, j in [(0, 0), (1, 2), (2, 2), (2, 1)]:
+        for i, j in [(0, 0), (1, 2), (2, 2), (2, 1), (3, 3), (3, 0), (1, 3)]:
             top, bottom, left, right = result.box(i, j)
             xo = occluded(x, [(top, left, bottom - top, right - left)], [0.0, 0.0, 0.0])
             with torch.no_grad():
@@ -202,6 +204,50 @@ def test_panels_match_a_brute_force_loop():
     assert result.projection.shape == x.shape[1:]
     inside = result.projection[:, top:bottom, left:right].abs().sum()
     assert inside > 0 and inside == pytest.approx(float(result.projection.abs().sum()))
+
+
+@pytest.mark.parametrize("size,window,stride", [(32, 8, 5), (30, 7, 4), (25, 10, 9), (17, 6, 5), (16, 4, 4)])
+def test_positions_equal_captums_with_clipped_edge_windows(size, window, stride):
+    """captum.attr.Occlusion against occlude's squares: the per-pixel average of the
+    logit drops of occlude's squares (clipped at the edge when the stride does not
+    divide) equals captum's map, and occlude's probabilities are those squares'."""
+    from captum.attr import Occlusion
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * size * size, 5)).eval()
+    x = image(size, seed=1)
+    r = occlude(model, x, window=window, stride=stride, projection=False, incremental=False, layer="1")
+    occ = Occlusion(model)
+    expected = -(-(size - window) // stride) + 1
+    assert r.shape == (expected, expected)
+    # every pixel occluded by some position; a pixel's count of covering squares as captum's
+    covered = torch.zeros(size, size)
+    for i in range(r.shape[0]):
+        for j in range(r.shape[1]):
+            t, b, left, right = r.box(i, j)
+            assert b <= size and right <= size
+            covered[t:b, left:right] += 1
+    assert covered.min() > 0
+    with torch.no_grad():
+        ref = occ.attribute(x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride), baselines=0,
+                            target=r.target)[0, 0]
+        p0 = torch.softmax(model(x), 1)[0, r.target]
+        mine = torch.zeros(size, size)
+        logit_drop = torch.zeros(r.shape)
+        for i in range(r.shape[0]):
+            for j in range(r.shape[1]):
+                t, b, left, right = r.box(i, j)
+                xo = occluded(x, [(t, left, b - t, right - left)], [0.0, 0.0, 0.0])
+                logit_drop[i, j] = model(x)[0, r.target] - model(xo)[0, r.target]
+                mine[t:b, left:right] += logit_drop[i, j]
+        torch.testing.assert_close(mine / covered, ref, rtol=1e-4, atol=1e-6)
+        # and occlude's own probabilities are those of the same squares
+        for i in range(r.shape[0]):
+            for j in range(r.shape[1]):
+                t, b, left, right = r.box(i, j)
+                xo = occluded(x, [(t, left, b - t, right - left)], [0.0, 0.0, 0.0])
+                p = torch.softmax(model(xo), 1)[0, r.target]
+                assert float(r.drop[i, j]) == pytest.approx(float(p0 - p), abs=1e-6)
 
 
 def test_defaults_scale_with_the_image():
@@ -286,8 +332,10 @@ def test_cli_occlusion_full_on_lenet(tmp_path, samples_dir):
     result = run("occlusion", "lenet5", samples_dir / "camera.png", "--weights", "random", "--window", "8",
                  "--stride", "4", "--full", "--target", "3", "--out", out, "--json")
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert summary["positions"] == [7, 7] and summary["method"] == "full" and summary["target"] == 3
+    # LeNet-5 has no rectifier: panel (c)'s deconvnet is its gradient, and the run says so
+    assert "no rectifier" in result.stderr and "no rectifier" in summary["activation_warnings"][0]
 
 
 @pytest.mark.parametrize("args,fragment", [

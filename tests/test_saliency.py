@@ -229,6 +229,16 @@ def test_occlusion_equals_captum_and_finds_the_seen_region():
         x, sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4), baselines=0, target=r.target)[0]
     torch.testing.assert_close(r.attribution[0], ref[0], rtol=1e-4, atol=1e-7)
 
+    # strides that do not divide (H − window): captum clips the last square at the edge,
+    # so no band at the bottom/right is left uncovered (it used to stay 0 here)
+    for window, stride in ((8, 5), (7, 3), (10, 9), (6, 5)):
+        r = saliency(model, x, "occlusion", window=window, stride=stride)
+        ref = Occlusion(lambda z: torch.softmax(model(z), 1)).attribute(
+            x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride), baselines=0,
+            target=r.target)[0]
+        torch.testing.assert_close(r.attribution[0], ref[0], rtol=1e-4, atol=1e-7)
+        assert r.info["positions"] == (-(-(32 - window) // stride) + 1) ** 2
+
     class Corner(nn.Module):  # sees only the top-left 8×8 pixels
         def __init__(self):
             super().__init__()

@@ -30,8 +30,9 @@ from torch import nn
 
 from .deconv import check_input
 from .errors import BadArgumentError
-from .layers import conv_layers, friendly_names, resolve_layer
-from .state import preserved_model
+from .errors import as_index
+from .layers import LayerTap, check_runnable, conv_layers, friendly_names
+from .state import model_device, model_dtype, preserved_model
 
 #: Default sweeps: vertical translation in px (at 224 px; scaled with the image height),
 #: scale factors, rotation in degrees counter-clockwise.
@@ -124,28 +125,31 @@ def transform_images(x: torch.Tensor, transform: str, amounts: Sequence[float], 
     return out
 
 
+def _last_hidden(model: nn.Module, x: torch.Tensor) -> tuple[str, str]:
+    """(label, module path) of the module that produces the model's output: the last leaf
+    module with weights of its own to run."""
+    def weighted_leaf(m: nn.Module) -> bool:
+        return not list(m.children()) and bool(list(m.parameters(False)) or list(m.buffers(False)))
+
+    with preserved_model(model), torch.no_grad(), \
+            LayerTap(model, None, inputs=True, record=lambda _n, _t: None, where=weighted_leaf) as tap:
+        model.eval()
+        model(x)
+    if not tap.order:
+        raise BadArgumentError(f"{type(model).__name__} has no layer with weights to take the last hidden layer from")
+    path = tap.order[-1].partition(":")[0]
+    fc = {p: n for n, p in friendly_names(model).items() if n.startswith("fc")}
+    if path in fc and fc[path][2:].isdigit() and f"fc{int(fc[path][2:]) - 1}" in friendly_names(model):
+        return f"fc{int(fc[path][2:]) - 1}", path
+    return f"input of {path}", path
+
+
 def last_hidden_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
     """The module that produces the model's output (the last leaf module with weights of its
     own to run) and a label for its input, the last hidden layer: ``fc7`` in the AlexNet
     family and ZFNet (``fc8``'s input), ``input of fc`` elsewhere."""
-    calls: list[tuple[str, nn.Module]] = []
-    leaves = [(p, m) for p, m in model.named_modules()
-              if p and not list(m.children()) and (list(m.parameters(False)) or list(m.buffers(False)))]
-    handles = [m.register_forward_pre_hook(lambda _m, _i, p=p, m=m: calls.append((p, m))) for p, m in leaves]
-    try:
-        with preserved_model(model), torch.no_grad():
-            model.eval()
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    if not calls:
-        raise BadArgumentError(f"{type(model).__name__} has no layer with weights to take the last hidden layer from")
-    path, module = calls[-1]
-    fc = {p: n for n, p in friendly_names(model).items() if n.startswith("fc")}
-    if path in fc and fc[path][2:].isdigit() and f"fc{int(fc[path][2:]) - 1}" in friendly_names(model):
-        return f"fc{int(fc[path][2:]) - 1}", module
-    return f"input of {path}", module
+    label, path = _last_hidden(model, x)
+    return label, model.get_submodule(path)
 
 
 def invariance_curves(model: nn.Module, x: torch.Tensor, transform: str, amounts: Sequence[float] | None = None,
@@ -173,52 +177,42 @@ def invariance_curves(model: nn.Module, x: torch.Tensor, transform: str, amounts
         raise BadArgumentError(f"scale factors must be positive, got {min(amounts)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise BadArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if target is not None and (isinstance(target, bool) or not isinstance(target, int) or target < 0):
-        raise BadArgumentError(f"target must be a non-negative class index, got {target!r}")
+    if target is not None:
+        target = as_index(target, "target")
+        if target < 0:
+            raise BadArgumentError(f"target must be a non-negative class index, got {target!r}")
     if border not in BORDERS:
         raise BadArgumentError(f"unknown border {border!r}; choose {', '.join(BORDERS)}")
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else x.device
-    x = x.detach().to(device=device, dtype=param.dtype if param is not None else x.dtype)
-    modules = dict(model.named_modules())
-    # Each tap: (label, module, call index, record the module's input instead of its output)
+    check_runnable(model)
+    x = x.detach().to(device=model_device(model, x.device), dtype=model_dtype(model, x.dtype))
+    # Two taps: (label, layer name, record the module's input instead of its output)
     if layers is None:
         convs = conv_layers(model)
         if not convs:
             raise BadArgumentError(f"{type(model).__name__} has no convolution to take layer 1 from")
-        path, call = resolve_layer(model, convs[0])
-        label, module = last_hidden_layer(model, x)
-        taps = [(convs[0], modules[path], call, False), (label, module, 0, True)]
+        label, path = _last_hidden(model, x)
+        taps = [(convs[0], convs[0], False), (label, path, True)]
     else:
         if isinstance(layers, str) or len(layers) != 2:
             raise BadArgumentError(f"layers must be two layer names (first, last), got {layers!r}")
-        taps = [(name, modules[p], call, False) for name in layers for p, call in [resolve_layer(model, name)]]
+        taps = [(name, name, False) for name in layers]
     images = transform_images(x, transform, amounts, border=border)
     batch = torch.cat([x, images])
     feats: list[list[torch.Tensor]] = [[], []]
-    counts = [0, 0]
 
-    def recorder(k: int, call: int, use_input: bool):
-        def hook(_m, inputs, out=None):
-            if counts[k] == call:
-                t = inputs[0] if use_input else (out[0] if isinstance(out, (tuple, list)) else out)
-                feats[k].append(t.detach().flatten(1).double())
-            counts[k] += 1
-        return hook
+    def keeper(k: int):
+        def keep(_name: str, t: torch.Tensor) -> torch.Tensor:
+            feats[k].append(t.detach().flatten(1).double())
+            return t
+        return keep
 
+    recorders = [LayerTap(model, name, inputs=use_input, record=keeper(k))
+                 for k, (_, name, use_input) in enumerate(taps)]
     logits = []
-    with preserved_model(model), torch.no_grad():
+    with preserved_model(model), torch.no_grad(), recorders[0], recorders[1]:
         model.eval()
-        handles = [m.register_forward_pre_hook(recorder(k, call, True)) if use_input
-                   else m.register_forward_hook(recorder(k, call, False))
-                   for k, (_, m, call, use_input) in enumerate(taps)]
-        try:
-            for start in range(0, len(batch), batch_size):
-                counts[:] = [0, 0]
-                logits.append(model(batch[start:start + batch_size]).float())
-        finally:
-            for h in handles:
-                h.remove()
+        for start in range(0, len(batch), batch_size):
+            logits.append(model(batch[start:start + batch_size]).float())
     logits = torch.cat(logits)
     if logits.dim() != 2:
         raise BadArgumentError(f"the model's output must be (N, classes) scores, got {tuple(logits.shape)}")

@@ -10,9 +10,10 @@ gives all four of the paper's panels at once:
 (e) the most probable class.
 
 Positions follow captum's ``Occlusion``: the occluder's top-left corner steps by
-``stride`` from 0 while the square fits inside the image, so a 224-px image with a
-32-px window and stride 8 gives 25 x 25 positions; a margin of ``(H - window) mod
-stride`` px at the bottom/right is never occluded. ``fill`` is the occluder's value in
+``stride`` from 0, ``ceil((H - window) / stride) + 1`` positions per side, so a 224-px
+image with a 32-px window and stride 8 gives 25 x 25 positions; when the stride does
+not divide ``H - window`` the last square runs past the bottom/right edge and is
+clipped there, so every pixel is occluded by some position. ``fill`` is the occluder's value in
 the model's *normalised* input space: the default 0 is the dataset mean, i.e. the
 paper's grey square.
 
@@ -45,18 +46,15 @@ from torch import nn
 
 from .deconv import check_input, top_units
 from .errors import BadArgumentError, BadInputError
-from .layers import friendly_names, layer_geometry, resolve_layer
-from .state import preserved_model
+from .errors import as_index
+from .layers import ELEMENTWISE, LayerTap, check_runnable, geometry_key, last_conv_layer, layer_geometry
+from .layers import run_until_stopped as _run
+from .state import model_device, model_dtype, preserved_model
 
 #: Window and stride as fractions of the image side when not given: 32 and 8 px at 224.
 DEFAULT_WINDOW = 32 / 224
 DEFAULT_STRIDE = 8 / 224
 
-# Layers that act on each spatial position on its own (reach 0). LocalResponseNorm
-# normalises across channels only, so it belongs here (checked in the tests).
-_POINTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-              nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Identity,
-              nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.LocalResponseNorm)
 
 
 @dataclass(frozen=True)
@@ -94,6 +92,7 @@ class OcclusionResult:
     clean_top: list[tuple[int, float]]
     method: str
     timings: dict[str, float] = field(default_factory=dict)
+    size: tuple[int, int] | None = None  # the image's (H, W): edge squares are clipped to it
 
     @property
     def drop(self) -> torch.Tensor:
@@ -105,9 +104,13 @@ class OcclusionResult:
         return len(self.tops), len(self.lefts)
 
     def box(self, i: int, j: int) -> tuple[int, int, int, int]:
-        """The occluder square at map position (i, j): (top, bottom, left, right), exclusive."""
+        """The occluder square at map position (i, j): (top, bottom, left, right), exclusive,
+        clipped to the image (the last row/column of positions may run past its edge)."""
         top, left = int(self.tops[i]), int(self.lefts[j])
-        return top, top + self.window[0], left, left + self.window[1]
+        bottom, right = top + self.window[0], left + self.window[1]
+        if self.size is not None:
+            bottom, right = min(bottom, self.size[0]), min(right, self.size[1])
+        return top, bottom, left, right
 
 
 # --------------------------------------------------------------------------- arguments
@@ -134,9 +137,12 @@ def _geometry(size: tuple[int, int], window, stride) -> tuple[tuple[int, int], t
 
 
 def positions(size: tuple[int, int], window, stride) -> tuple[torch.Tensor, torch.Tensor]:
-    """Occluder top rows and left columns (captum's convention), as 1-D long tensors."""
+    """Occluder top rows and left columns, as 1-D long tensors: captum's convention,
+    ``k · stride`` for k = 0 .. ceil((side - window) / stride), the last square clipped
+    at the edge when the stride does not divide ``side - window``."""
     (wh, ww), (sh, sw) = _geometry(size, window, stride)
-    return torch.arange(0, size[0] - wh + 1, sh), torch.arange(0, size[1] - ww + 1, sw)
+    return (torch.arange(0, -(-(size[0] - wh) // sh) + 1) * sh,
+            torch.arange(0, -(-(size[1] - ww) // sw) + 1) * sw)
 
 
 def _fill(fill, channels: int) -> tuple[torch.Tensor, float | tuple[float, ...]]:
@@ -155,18 +161,9 @@ def _fill(fill, channels: int) -> tuple[torch.Tensor, float | tuple[float, ...]]
 
 
 def default_layer(model: nn.Module, input_size: tuple[int, int, int]) -> str:
-    """The model's last conv feature map: the last friendly conv name (``conv5`` for the
-    AlexNet family and ZFNet, ``conv5_3`` for VGG-16), else the last layer, in execution
-    order, whose output is a spatial map larger than 1×1 (``layer4``, ``inception5b``)."""
-    convs = [n for n in friendly_names(model) if n.startswith("conv")]
-    if convs:
-        return convs[-1]
-    geometry = layer_geometry(model, input_size)
-    spatial = [name for name, info in geometry.items()
-               if ":" not in name and len(info.shape) == 3 and info.shape[1] * info.shape[2] > 1]
-    if not spatial:
-        raise BadArgumentError(f"{type(model).__name__} has no spatial feature map to show in panel (b)")
-    return spatial[-1]
+    """The model's last conv feature map (:func:`vizcnn.layers.last_conv_layer`: ``conv5``
+    for the AlexNet family and ZFNet, ``conv5_3`` for VGG-16, ``layer4``, ``inception5b``)."""
+    return last_conv_layer(model, input_size)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -194,28 +191,6 @@ def _occluder_mask(rows: torch.Tensor, cols: torch.Tensor, tops: torch.Tensor, l
     in_rows = (rows >= tops[:, None]) & (rows < tops[:, None] + window[0])
     in_cols = (cols >= lefts[:, None]) & (cols < lefts[:, None] + window[1])
     return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
-
-
-class _Tap:
-    """A forward hook on one module call that hands its output to ``fn`` (removed on exit)."""
-
-    def __init__(self, model: nn.Module, path: str, call: int, fn):
-        self.module = dict(model.named_modules())[path]
-        self.call, self.fn, self.count, self.handle = call, fn, 0, None
-
-    def __enter__(self):
-        def hook(_m, _inp, out):
-            if self.count == self.call:
-                self.fn(out[0] if isinstance(out, (tuple, list)) else out)
-            self.count += 1
-        self.handle = self.module.register_forward_hook(hook)
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
-
-    def reset(self):
-        self.count = 0
 
 
 def _sync(device: torch.device) -> None:
@@ -280,7 +255,8 @@ def _step(name: str, m: nn.Module) -> _Spatial | None:
             raise NotIncremental(f"features.{name}: average pool with ceil mode, a divisor override or "
                                  f"padding excluded from the count")
         step = _Spatial("avg", m, k, _twice(m.stride or m.kernel_size), pad, (1, 1), 0.0)
-    elif t in _POINTWISE or (t is nn.BatchNorm2d and m.track_running_stats and m.running_mean is not None):
+    elif (t in ELEMENTWISE and not issubclass(t, nn.modules.batchnorm._BatchNorm)) or \
+            (t is nn.BatchNorm2d and m.track_running_stats and m.running_mean is not None):
         return None
     else:
         raise NotIncremental(f"features.{name} is a {t.__name__}, which is not a convolution, pool or "
@@ -473,16 +449,19 @@ def occlude(model: nn.Module, x: torch.Tensor, *, window: int | tuple[int, int] 
         raise BadArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
     if incremental not in ("auto", True, False):
         raise BadArgumentError(f"incremental must be 'auto', True or False, got {incremental!r}")
-    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target < 0):
-        raise BadArgumentError(f"target must be a non-negative class index, got {target!r}")
+    if target is not None:
+        target = as_index(target, "target")
+        if target < 0:
+            raise BadArgumentError(f"target must be a non-negative class index, got {target!r}")
     c, h, w = x.shape[1:]
     window, stride = _geometry((h, w), window, stride)
     fill_t, fill_shown = _fill(fill, c)
     layer = layer or default_layer(model, (c, h, w))
-    path, call = resolve_layer(model, layer)
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else x.device
-    x = x.detach().to(device=device, dtype=param.dtype if param is not None else x.dtype)
+    check_runnable(model)
+    tap = LayerTap(model, layer, record=lambda _n, t: t.detach().clone())
+    (path, call), = tap.targets.values()
+    device = model_device(model, x.device)
+    x = x.detach().to(device=device, dtype=model_dtype(model, x.dtype))
     tops, lefts = positions((h, w), window, stride)
     timings: dict[str, float] = {}
 
@@ -490,16 +469,10 @@ def occlude(model: nn.Module, x: torch.Tensor, *, window: int | tuple[int, int] 
         model.eval()
         _sync(device)
         t0 = time.perf_counter()
-        seen: dict[str, torch.Tensor] = {}
-        try:
-            with _Tap(model, path, call, lambda out: seen.setdefault("map", out.detach().clone())):
-                logits = model(x)
-        except RuntimeError as e:  # shape errors from inputs the model cannot take
-            raise BadInputError(f"{type(model).__name__} cannot run on an input of shape {tuple(x.shape)}: "
-                                f"{str(e).strip().splitlines()[0][:200]}") from None
-        if "map" not in seen:
-            raise BadArgumentError(f"layer {layer!r} did not run in the forward pass")
-        fmap = seen["map"][0]
+        with tap:
+            logits = _run(model, x)  # shape errors from inputs the model cannot take: BadInputError
+        tap.check()
+        fmap = tap[layer][0]
         if fmap.dim() != 3:
             raise BadArgumentError(f"panel (b) needs a spatial feature map; layer {layer!r} gives "
                                    f"{tuple(fmap.shape)}")
@@ -537,7 +510,7 @@ def occlude(model: nn.Module, x: torch.Tensor, *, window: int | tuple[int, int] 
                 out_logits.append(engine.tail(last).float())
                 totals.append(total.float())
         else:
-            out_logits, totals = _full(model, x, tops, lefts, window, fill_t, batch_size, path, call, channel)
+            out_logits, totals = _full(model, x, tops, lefts, window, fill_t, batch_size, layer, channel)
         scores = torch.cat(out_logits).softmax(1)
         total = torch.cat(totals)
         _sync(device)
@@ -550,7 +523,7 @@ def occlude(model: nn.Module, x: torch.Tensor, *, window: int | tuple[int, int] 
 
         t0 = time.perf_counter()
         proj = project(model, x, layer, channel, unit).detach()
-        info = layer_geometry(model, (c, h, w)).get(layer)
+        info = layer_geometry(model, (c, h, w)).get(geometry_key(model, layer))
         box = info.box(*unit, h, w) if info is not None else (0, h, 0, w)
         _sync(device)
         timings["projection"] = time.perf_counter() - t0
@@ -562,7 +535,7 @@ def occlude(model: nn.Module, x: torch.Tensor, *, window: int | tuple[int, int] 
         probability=scores[:, target].view(shape).cpu(), probability_clean=float(probs[target]),
         top_class=top_c.view(shape).cpu(), top_probability=top_p.view(shape).cpu(), clean_class=clean_class,
         clean_top=[(int(i), float(p)) for p, i in zip(top5.values, top5.indices)], method=method,
-        timings={k: round(v, 4) for k, v in timings.items()})
+        timings={k: round(v, 4) for k, v in timings.items()}, size=(h, w))
 
 
 def occlusion_map(model: nn.Module, x: torch.Tensor, target: int | None = None, *,
@@ -592,17 +565,15 @@ def _incremental_engine(model, x, logits, path, call, window, tops, lefts, fill)
         raise NotIncremental(f"{type(model).__name__} has no `classifier`")
     # The forward must be classifier(flatten([avgpool](features(x)))) and return the classifier's
     # output: check what the classifier receives and what the model returns.
-    seen: dict[str, torch.Tensor] = {}
-    handles = [classifier.register_forward_pre_hook(lambda _m, i: seen.setdefault("in", i[0].clone())),
-               classifier.register_forward_hook(lambda _m, _i, o: seen.setdefault("out", o))]
+    received = LayerTap(model, "classifier", inputs=True, record=lambda _n, t: t.clone())
+    given = LayerTap(model, "classifier")
     try:
-        returned = model(x)
+        with received, given:
+            returned = model(x)
         expected = engine.tail_input(engine.maps[-1])
     except (RuntimeError, AttributeError, TypeError) as e:
         raise NotIncremental(f"the model is not features → [avgpool] → flatten → classifier ({e})") from None
-    finally:
-        for h in handles:
-            h.remove()
+    seen = {"in": received.outputs.get("classifier"), "out": given.outputs.get("classifier")}
 
     def same(a, b) -> bool:
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and \
@@ -613,7 +584,7 @@ def _incremental_engine(model, x, logits, path, call, window, tops, lefts, fill)
     return engine
 
 
-def _full(model, x, tops, lefts, window, fill, batch_size, path, call, channel):
+def _full(model, x, tops, lefts, window, fill, batch_size, layer, channel):
     """Full recomputation: every occluded image through the whole model, in batches."""
     device = x.device
     h, w = x.shape[-2:]
@@ -622,19 +593,15 @@ def _full(model, x, tops, lefts, window, fill, batch_size, path, call, channel):
     ty, tx = tops.to(device), lefts.to(device)
     n = len(tops) * len(lefts)
     grid = torch.arange(n, device=device)
-    found: list[torch.Tensor] = []
     out_logits, totals = [], []
-    with _Tap(model, path, call, lambda out: found.append(out[:, channel].sum(dim=(1, 2), dtype=torch.float64))) \
-            as tap:
+    with LayerTap(model, layer, record=lambda _n, t: t[:, channel].sum(dim=(1, 2), dtype=torch.float64)) as tap:
         for start in range(0, n, batch_size):
             sel = grid[start:start + batch_size]
             b = len(sel)
             mask = _occluder_mask(rows.expand(b, -1), cols.expand(b, -1), ty[sel // len(lefts)],
                                   tx[sel % len(lefts)], window)
-            tap.reset()
-            found.clear()
             out_logits.append(model(torch.where(mask, fill, x)).float())
-            totals.append(found[0].float())
+            totals.append(tap[layer].float())
     return out_logits, totals
 
 

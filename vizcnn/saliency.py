@@ -329,8 +329,9 @@ def _occlusion(model, x, t, prob, window, stride, batch) -> SaliencyResult:
     """The probability drop per window position from ``vizcnn.occlusion`` (the Fig. 7
     engine: batched, incremental on AlexNet/ZFNet/VGG), spread back over the pixels each
     window covers and averaged there (captum's ``Occlusion`` convention, on
-    probabilities). Positions follow captum too: a margin of (H − window) mod stride px
-    at the bottom/right is never covered and gets 0."""
+    probabilities). Positions follow captum too: when the stride does not divide
+    (H − window), the last square is clipped at the bottom/right edge, so every pixel
+    is covered."""
     from .occlusion import occlude
 
     h, w = x.shape[-2:]

@@ -52,7 +52,8 @@ from torch import nn
 
 from .deconv import check_input
 from .errors import BadArgumentError
-from .layers import friendly_names
+from .layers import LayerTap, feeding_layer, friendly_names
+from .state import model_device, preserved_model
 from .saliency import METHODS, SaliencyResult, default_gradcam_layer, saliency_all
 
 THRESHOLD = 0.5
@@ -154,17 +155,11 @@ def parametrised_units(model: nn.Module) -> list[list[str]]:
 def _unit_labels(model: nn.Module, units: list[list[str]]) -> list[str]:
     """Friendly names where the model has them (AlexNet ``conv5``, VGG ``conv5_3``,
     ``fc8``), else the first module path of the unit."""
-    modules = dict(model.named_modules())
     by_module: dict[str, str] = {}
-    for friendly, path in friendly_names(model).items():
-        parent, _, _ = path.rpartition(".")
-        seq = modules.get(parent)
-        if isinstance(seq, nn.Sequential):
-            keys = list(seq._modules)
-            i = keys.index(path.rpartition(".")[2])
-            while i > 0 and not _owns_params(seq[i]):
-                i -= 1
-            by_module[f"{parent}.{keys[i]}"] = friendly
+    for friendly in friendly_names(model):
+        path = feeding_layer(model, friendly)
+        if path is not None:
+            by_module.setdefault(path, friendly)
     return [by_module.get(u[0], u[0]) for u in units]
 
 
@@ -173,28 +168,11 @@ def cascade(model: nn.Module, x: torch.Tensor) -> list[tuple[str, list[str]]]:
     that run when the model sees ``x``, ordered by when they run (reversed)."""
     units = parametrised_units(model)
     labels = _unit_labels(model, units)
-    modules = dict(model.named_modules())
-    finished: list[int] = []
-    handles = []
-
-    def hook(i: int):
-        def record(*_):
-            if i not in finished:
-                finished.append(i)
-        return record
-
-    from .state import preserved_model
-
-    with preserved_model(model):
+    first = {unit[0]: i for i, unit in enumerate(units)}
+    with preserved_model(model), LayerTap(model, list(first), record=lambda _n, _t: None) as tap, torch.no_grad():
         model.eval()
-        try:
-            for i, unit in enumerate(units):
-                handles.append(modules[unit[0]].register_forward_hook(hook(i)))
-            with torch.no_grad():
-                model(x)
-        finally:
-            for h in handles:
-                h.remove()
+        model(x)
+    finished = [first[path] for path in tap.order]
     return [(labels[i], units[i]) for i in reversed(finished)]
 
 
@@ -202,7 +180,7 @@ def reinitialise(model: nn.Module, paths: Sequence[str], seed: int) -> None:
     """Re-initialises the modules at ``paths`` of ``model`` in place (see the module
     docstring), deterministically for a given seed. Only ever called on a copy."""
     modules = dict(model.named_modules())
-    device = next(model.parameters()).device
+    device = model_device(model)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(seed)
         for path in paths:
@@ -264,7 +242,7 @@ def sanity_check(model: nn.Module, x: torch.Tensor, methods: Sequence[str] = DEF
     if len(set(methods)) != len(methods):
         raise BadArgumentError(f"methods repeat: {', '.join(methods)}")
     x = check_input(x)
-    x = x.to(next(model.parameters()).device)
+    x = x.to(model_device(model, x.device))
     if "gradcam" in methods:
         layer = layer or default_gradcam_layer(model, tuple(x.shape[1:]))
     elif layer is not None:
