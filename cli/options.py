@@ -129,6 +129,7 @@ class ImageRun:
         from pathlib import Path
 
         from vizcnn.inputs import load_input
+        from vizcnn.layers import check_finite
         from vizcnn.models import class_names, get_spec, load_model
         from vizcnn.reports import resolve_device
 
@@ -138,6 +139,7 @@ class ImageRun:
         self.shown, x = load_input(image, self.spec)
         self.model = load_model(model, self.weights, seed=seed, device=self.device)
         self.x = x.to(self.device)
+        check_finite(self.model, self.x[None] if self.x.dim() == 3 else self.x)  # before any folder or figure
         self.class_names = class_names(model, weights=self.weights)
         self.out = output_folder(out or Path("vizcnn-out") / f"{command}-{model}-{Path(image).stem}", command,
                                  force=force)

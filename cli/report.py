@@ -66,7 +66,7 @@ def report(model, image, data, layers, top, units, limit, workers, steps, dpi, f
     """
     from vizcnn.errors import BadArgumentError
     from vizcnn.inputs import load_input
-    from vizcnn.layers import resolve_layer
+    from vizcnn.layers import check_finite, resolve_layer
     from vizcnn.models import class_names, get_spec, load_model
     from vizcnn.report import write_report
     from vizcnn.reports import resolve_device
@@ -85,6 +85,7 @@ def report(model, image, data, layers, top, units, limit, workers, steps, dpi, f
     net = load_model(model, weights, seed=seed, device=dev)
     for name in layers:
         resolve_layer(net, name)
+    check_finite(net, x[None].to(dev) if x.dim() == 3 else x.to(dev))  # before any folder or figure
     folder = output_folder(out or Path("vizcnn-out") / f"report-{model}-{Path(image).stem}", "report", force=force)
     extra = {"weights": str(weights), "seed": seed, "image": str(image), "device": str(dev), "out": str(folder.root),
              **policy_fields()}

@@ -407,6 +407,13 @@ def test_promise_overflowing_activations_and_no_usable_images_exit_2(tmp_path, s
                                    "--workers", "0", "--out", str(tmp_path / "a")])
     assert run.exit_code == 2 and "overflow" in run.output and "layer " in run.output, run.output
     assert not (tmp_path / "a").exists()
+    for command in ("deconv", "saliency", "occlusion", "report"):  # the single-image commands stop just as early
+        (tmp_path / command).mkdir()
+        (tmp_path / command / "keep.txt").write_text("an earlier file")
+        run = CliRunner().invoke(cli, [command, "lenet5", str(samples_dir / "fashion-bag.png"), "--weights",
+                                       str(tmp_path / "huge.pt"), "--out", str(tmp_path / command), "--force"])
+        assert run.exit_code == 2 and "NaN or Inf" in run.output and "layer " in run.output, (command, run.output)
+        assert [p.name for p in (tmp_path / command).iterdir()] == ["keep.txt"], command
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
     run = CliRunner().invoke(cli, ["dead-filters", "lenet5", str(tmp_path / "bad"), "--weights", "random",

@@ -591,7 +591,25 @@ def run_until_stopped(model: nn.Module, x: torch.Tensor):
                             f"{reason}") from None
 
 
-__all__ = ["LayerInfo", "LayerTap", "StopForward", "run_until_stopped", "friendly_names", "resolve_layer",
+def check_finite(model: nn.Module, x: torch.Tensor) -> None:
+    """One forward of ``x`` (no gradients, the model's mode kept): a ``BadInputError``
+    naming the first layer whose output holds NaN or Inf (finite weights can still
+    overflow float32), so a command stops before it draws or writes anything."""
+    def finite(_name, out):
+        return not isinstance(out, torch.Tensor) or not out.is_floating_point() or bool(torch.isfinite(out).all())
+
+    with torch.no_grad(), LayerTap(model, None, record=finite) as tap:
+        out = run_until_stopped(model, x)
+    bad = [name for name in tap.order if tap.outputs.get(name) is False]
+    if bad:
+        raise BadInputError(f"{type(model).__name__}: layer {bad[0]} produces NaN or Inf on this input "
+                            f"(activations overflow float32); nothing was written")
+    if isinstance(out, torch.Tensor) and out.is_floating_point() and not torch.isfinite(out).all():
+        raise BadInputError(f"{type(model).__name__}: the output holds NaN or Inf on this input; nothing was written")
+
+
+__all__ = ["LayerInfo", "LayerTap", "StopForward", "run_until_stopped", "check_finite", "friendly_names",
+           "resolve_layer",
            "layer_geometry", "geometry_key", "conv_layers", "default_layers", "last_conv_layer", "count_flops",
            "is_conv", "feeding_layer", "ELEMENTWISE", "ACTIVATIONS", "meta_copy", "output_shapes",
            "check_runnable"]
