@@ -566,3 +566,110 @@ def test_path_k_on_the_command_line(tmp_path, samples_dir):
     res = CliRunner().invoke(cli, ["deconv", "resnet18", str(samples_dir / "cat.jpg"), "--weights", "random",
                                    "--layer", "layer1.0.relu:7", "--out", str(tmp_path / "e")])
     assert res.exit_code == 2 and "Traceback" not in res.output and "ran 2 time(s)" in res.output
+
+
+# --- the Extractor reads what every other entry point reads, and leaves the model be -------
+
+def test_extractor_run_is_eval_mode_and_restores_the_users_modes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Dropout(0.5), nn.Conv2d(6, 4, 3))
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    model.train()
+    model[4].eval()  # a mixed state the user chose
+    modes = [m.training for m in model.modules()]
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    x = image(3, 12)
+    with vizcnn.Extractor(model, ["3", "4"]) as ex:
+        first = ex.run(x)
+        second = ex.run(x)
+        assert [m.training for m in model.modules()] == modes  # restored after each run
+    assert torch.equal(first["4"], second["4"])  # no dropout noise
+    for k, v in model.state_dict().items():  # BatchNorm running statistics untouched
+        assert torch.equal(v, stats[k]), k
+    reference = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        expected = reference(x)
+    torch.testing.assert_close(first["4"], expected)
+    # the same unit reads the same from the Extractor and from top_activations
+    units = vizcnn.top_activations(model, x, "4", 1)
+    assert float(units.value[0]) == pytest.approx(float(first["4"][0, units.channel[0]].max()))
+    assert [m.training for m in model.modules()] == modes
+
+
+# --- clear errors or support ---------------------------------------------------------------
+
+@pytest.mark.parametrize("channel", [__import__("numpy").int64(3), 3.0, torch.tensor(3), __import__("numpy").array(3)])
+def test_integer_like_channels_are_accepted(channel):
+    from vizcnn.reports import deconv_layers
+    from vizcnn.saliency import saliency
+
+    model = cached("zfnet")
+    x = image(3, 99)
+    ref = vizcnn.project(model, x, "conv2", 3)
+    assert torch.equal(vizcnn.project(model, x, "conv2", channel), ref)
+    assert torch.equal(vizcnn.project(model, x, "conv2", [channel, 4])[0], ref)
+    units, proj = deconv_layers(model, x, ["conv2"], channel=channel)["conv2"]
+    assert int(units.channel[0]) == 3 and torch.equal(proj[0], ref)
+    classifier = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(6))
+    classifier(image(3, 12))
+    assert saliency(classifier.eval(), image(3, 12), "gradient", target=channel).target == 3
+
+
+@pytest.mark.parametrize("channel", [3.5, True, "3", None])
+def test_other_channels_are_one_line_errors(channel):
+    with pytest.raises(BadArgumentError, match="channel"):
+        vizcnn.project(cached("zfnet"), image(3, 99), "conv2", channel)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float16, 0.05), (torch.bfloat16, 0.2)])
+def test_half_and_bfloat16_models_run_in_their_dtype(dtype, tolerance):
+    """The geometry probe, the crops and the seeds all follow the model's dtype; the
+    projection equals the float32 one of the same (rounded) weights up to the dtype's
+    precision."""
+    from vizcnn.layers import layer_geometry
+    from vizcnn.saliency import saliency
+
+    torch.manual_seed(0)
+    model = build_model("alexnet", num_classes=10).eval().to(dtype)
+    wide = copy.deepcopy(model).float()
+    x = image(3, 96).to(dtype).float()
+    geometry = layer_geometry(model, (3, 96, 96))
+    assert geometry["conv2"].rf == layer_geometry(wide, (3, 96, 96))["conv2"].rf
+    for layer, method in (("conv1", "deconvnet"), ("conv2", "guided"), ("conv2", "gradient")):
+        with vizcnn.Extractor(wide, [layer]) as ex:
+            a = ex.run(x)[layer][0]
+        c = int(a.flatten(1).max(1).values.argmax())
+        y, xx = divmod(int(a[c].argmax()), a.shape[-1])
+        got = vizcnn.project(model, x, layer, c, (y, xx), method=method)
+        ref = vizcnn.project(wide, x, layer, c, (y, xx), method=method)
+        assert got.dtype == dtype
+        assert float((got.float() - ref).norm() / ref.norm()) < tolerance
+    assert saliency(model, x, "guided").attribution.dtype == dtype
+
+
+def test_meta_script_and_checkpointed_models_are_one_line_errors():
+    from torchvision.models import densenet121
+
+    from vizcnn.saliency import saliency
+
+    x = image(3, 32)
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    with pytest.raises(BadArgumentError, match="meta device"):
+        vizcnn.project(meta, x, "1", 0)
+    with pytest.warns(FutureWarning) if hasattr(torch.jit, "script") else pytest.raises(Exception):
+        scripted = torch.jit.script(nn.Sequential(nn.Conv2d(4, 4, 3), nn.ReLU()))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), scripted, nn.ReLU()).eval()
+    with pytest.raises(BadArgumentError, match="TorchScript"):
+        vizcnn.project(model, x, "2", 0)
+    with pytest.raises(BadArgumentError, match="TorchScript"):
+        vizcnn.project(model, x, "1", 0, method="gradient")  # a scripted layer takes no hooks
+    vizcnn.project(model, x, "2", 0, method="gradient")  # the gradient needs no rule inside it
+    dense = densenet121(weights=None, memory_efficient=True).eval()
+    for call in (lambda: vizcnn.project(dense, x, "features.denseblock1", 0),
+                 lambda: saliency(dense, x, "guided")):
+        with pytest.raises(BadArgumentError, match="memory_efficient"):
+            call()
+    vizcnn.project(dense, x, "features.denseblock1", 0, method="gradient")

@@ -47,8 +47,9 @@ from torch import nn
 from .data import Batch, ImageSource, Skipped, load, loader
 from .errors import BadArgumentError, BadInputError
 from .extract import Extractor
-from .layers import layer_geometry, resolve_layer
+from .layers import feeding_layer, geometry_key, layer_geometry, resolve_layer
 from .progress import ProgressFn, each
+from .state import model_device
 
 log = logging.getLogger("vizcnn.data")
 
@@ -281,49 +282,22 @@ class LayerReducer:
         return FilterStats(self.positions, self.fires.clone(), self.total.clone(), top.clone(), weight_norm, conv)
 
 
-_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.BatchNorm2d, nn.BatchNorm1d,
-                nn.LocalResponseNorm, nn.Dropout, nn.Identity)
-
-
 def feeding_weight(model: nn.Module, layer: str) -> tuple[str, torch.Tensor] | tuple[None, None]:
     """(module path, (C_out, ...) weight) of the convolution or linear layer whose filters
-    produce ``layer``'s channels, or (None, None) (see the module docstring)."""
-    path, _ = resolve_layer(model, layer)
-    modules = dict(model.named_modules())
-    module = modules[path]
-    if isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() >= 2:
-        return path, module.weight
-    parent_path, _, leaf = path.rpartition(".")
-    parent = modules[parent_path] if parent_path else model
-    if isinstance(parent, nn.Sequential) and isinstance(module, _ELEMENTWISE):
-        keys = list(parent._modules)
-        for key in reversed(keys[:keys.index(leaf)]):
-            sibling = parent._modules[key]
-            if isinstance(sibling, (nn.Conv2d, nn.Linear)):
-                return (f"{parent_path}.{key}" if parent_path else key), sibling.weight
-            if not isinstance(sibling, _ELEMENTWISE):
-                break
-    return None, None
+    produce ``layer``'s channels (:func:`vizcnn.layers.feeding_layer`), or (None, None)."""
+    path = feeding_layer(model, layer)
+    return (path, model.get_submodule(path).weight) if path is not None else (None, None)
 
 
 def layer_key(model: nn.Module, name: str) -> str:
-    """The key of ``layer_geometry``'s result for a layer name."""
-    from .layers import friendly_names
-
-    if name in friendly_names(model):
-        return name
-    path, call = resolve_layer(model, name)
-    return path if call == 0 else f"{path}:{call}"
+    """The key of ``layer_geometry``'s result for a layer name (:func:`vizcnn.layers.geometry_key`)."""
+    return geometry_key(model, name)
 
 
 def _world(group) -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(group), dist.get_world_size(group)
     return 0, 1
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def check_finite(act: torch.Tensor, layer: str) -> None:

@@ -114,6 +114,12 @@ for _name, _funcs in {
         _UNRULED.setdefault(_f, _name)
 
 
+#: Layers with filters (their calls are counted: a forward through two or more of them
+#: without any rectifier is what a network of uncaught rectifiers looks like).
+_FILTERS = set(_get((F, "conv1d"), (F, "conv2d"), (F, "conv3d"), (F, "conv_transpose1d"), (F, "conv_transpose2d"),
+                    (F, "conv_transpose3d"), (F, "linear"), (_T, "conv2d"), (_T, "conv1d"), (_T, "conv3d")))
+
+
 def _number(v) -> float | None:
     """A Python or NumPy number, or a one-element tensor off the meta device, as a float."""
     if isinstance(v, bool):
@@ -226,7 +232,7 @@ class _Policy:
     lrn: str = "identity"
     notes: list[str] | None = None  # None: the default policy, which collects nothing
     echo: Callable[[str], None] | None = None
-    seen: set[str] = field(default_factory=set)
+    seen: set = field(default_factory=set)
 
 
 _POLICY: contextvars.ContextVar[_Policy] = contextvars.ContextVar("vizcnn_activation_policy", default=_Policy())
@@ -262,9 +268,10 @@ class ReverseRules(TorchFunctionMode):
     for the deconvnet and guided backprop when ``lrn="identity"`` (the usual deconvnet
     convention; ``method="gradient"`` always differentiates LRN: it is the gradient).
 
-    ``rectifiers`` counts the rectifier calls by kind (``relu_calls``: their total) and
-    ``unruled`` the activation calls that have no deconvnet rule, so callers and tests
-    can see the coverage; :meth:`check` reports a silent fallback. ``lrn`` and
+    ``rectifiers`` counts the rectifier calls by kind (``relu_calls``: their total),
+    ``unruled`` the activation calls that have no deconvnet rule and ``filter_calls``
+    the convolution and linear calls, so callers and tests can see the coverage;
+    :meth:`check` reports a silent fallback. ``lrn`` and
     ``strict`` default to :func:`activation_policy`'s (``identity``, False).
     """
 
@@ -280,6 +287,7 @@ class ReverseRules(TorchFunctionMode):
         self.strict = policy.strict if strict is None else bool(strict)
         self.rectifiers: Counter[str] = Counter()
         self.unruled: Counter[str] = Counter()
+        self.filter_calls = 0
 
     @property
     def relu_calls(self) -> int:
@@ -289,6 +297,7 @@ class ReverseRules(TorchFunctionMode):
     def reset(self) -> None:
         self.rectifiers.clear()
         self.unruled.clear()
+        self.filter_calls = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -304,6 +313,8 @@ class ReverseRules(TorchFunctionMode):
             name = unruled(func, args, kwargs)
             if name is not None:
                 self.unruled[name] += 1
+        elif func in _FILTERS:
+            self.filter_calls += 1
         elif func is F.local_response_norm and self.method != "gradient" and self.lrn == "identity" \
                 and isinstance(args[0], torch.Tensor) and args[0].requires_grad and torch.is_grad_enabled():
             with torch.no_grad():
@@ -326,11 +337,15 @@ class ReverseRules(TorchFunctionMode):
     # ----------------------------------------------------------------------- reporting
 
     def message(self) -> str | None:
-        """What fell back to the gradient in the forward run so far, or None."""
+        """What fell back to the gradient in the forward run so far, or None: activations
+        without a rule ran, or no rectifier was caught although the forward ran some
+        nonlinearity (an activation without a rule) or two or more convolution/linear
+        layers (a first convolution's raw output has no nonlinearity below it: its
+        deconvnet is its gradient by definition, and nothing is said)."""
         if self.method == "gradient":
             return None
         parts = []
-        if not self.rectifiers:
+        if not self.rectifiers and (self.unruled or self.filter_calls >= 2):
             parts.append("the forward ran no rectifier (ReLU, ReLU6, clamp(min=0), threshold(0, 0)), so the map "
                          "is the plain gradient")
         if self.unruled:
@@ -351,15 +366,17 @@ class ReverseRules(TorchFunctionMode):
         if self.strict if strict is None else strict:
             raise ActivationError(f"{msg} (strict: refusing to fall back to the gradient)")
         policy = current_policy()
-        if policy.notes is not None and msg not in policy.notes:
+        # once per kind of fallback (counts differ from layer to layer: the first is said)
+        kind = (self.method, not self.rectifiers, tuple(sorted(self.unruled)))
+        if policy.notes is not None and kind not in policy.seen:
             policy.notes.append(msg)
         if policy.echo is not None:
-            if msg not in policy.seen:
-                policy.seen.add(msg)
+            if kind not in policy.seen:
                 policy.echo(msg)
         else:
             warnings.warn(ActivationWarning(msg, method=self.method, rectifiers=dict(self.rectifiers),
                                             activations=dict(self.unruled)), stacklevel=3)
+        policy.seen.add(kind)
         return msg
 
 

@@ -377,12 +377,6 @@ def per_filter(spectra: FilterSpectra, bands: tuple[float, float] = BANDS) -> li
              "norm": cols["norm"][i], "rms": cols["rms"][i]} for i in range(len(s))]
 
 
-# Modules a friendly layer name may point at right after its convolution (the name
-# means the rectified output); walking back over these finds the convolution.
-_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid,
-                nn.Identity, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d)
-
-
 @dataclass(frozen=True)
 class ConvFilters:
     """The filters of one convolution, as the spectra see them.
@@ -443,16 +437,12 @@ def _find_conv(model: nn.Module, path: str, asked: str) -> tuple[str, nn.Module]
     if len(inside) > 1:
         shown = ", ".join(inside[:6]) + (", ..." if len(inside) > 6 else "")
         raise BadArgumentError(f"layer {asked!r} ({path}) holds {len(inside)} convolutions ({shown}); name one of them")
-    parent_path, _, key = path.rpartition(".")
-    parent = modules.get(parent_path)
-    if isinstance(parent, nn.Sequential) and isinstance(module, _ELEMENTWISE):
-        keys = list(parent._modules)
-        for k in reversed(keys[:keys.index(key)]):
-            sibling = parent._modules[k]
-            if _conv_weight(sibling) is not None:
-                return f"{parent_path}.{k}" if parent_path else k, sibling
-            if not isinstance(sibling, _ELEMENTWISE):
-                break
+    # a name for the ReLU/BatchNorm right after a convolution (what friendly names point at)
+    from .layers import feeding_layer
+
+    feeding = feeding_layer(model, path)
+    if feeding is not None and _conv_weight(modules[feeding]) is not None:
+        return feeding, modules[feeding]
     raise BadArgumentError(f"layer {asked!r} ({path}, {type(module).__name__}) is not a convolution; "
                            f"convolutions: {', '.join(_conv_names(model)[:12])}")
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from .layers import LayerInfo, count_flops, layer_geometry
 from .models import MODELS, ModelSpec, build_model, get_spec
+from .state import model_device
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ def _skeleton(name: str) -> nn.Module:
 def model_card(name: str) -> ModelCard:
     spec = get_spec(name)
     model = _skeleton(name).eval()
-    geometry = layer_geometry(model, spec.input_size, device=next(model.parameters()).device)
+    geometry = layer_geometry(model, spec.input_size, device=model_device(model))
     kinds = {p: type(m).__name__ for p, m in model.named_modules()}
     convs = [info for key, info in geometry.items()
              if key == info.path and info.kernel is not None and "Conv" in kinds.get(info.path, "")]
