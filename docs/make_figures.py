@@ -6,10 +6,10 @@
 Each figure is one ``vizcnn`` command, run in this process exactly as it would run from
 the shell, whose output folder holds the file kept. ``figures.json`` records, per figure,
 the command line (with paths relative to the repository), the caption and the image
-size, so the README can print the command next to the picture. LeNet-5 runs with the
-trained sample checkpoint (``--weights fashion-mnist``); AlexNet with seeded random
-weights, because no ImageNet weights can be downloaded here: its figures show what the
-methods compute, not what a trained network learned, and the captions say so.
+size, so the README can print the command next to the picture. Every figure comes from
+learned weights: AlexNet with the weights shipped with vizcnn (``--weights fashion-mnist``, trained on
+Fashion-MNIST by ``samples/make_alexnet_fashion_mnist.py``), because no ImageNet weights
+can be downloaded here.
 """
 from __future__ import annotations
 
@@ -51,47 +51,51 @@ def _without(args: list[str], options) -> list[str]:
 
 
 FIGURES = (
-    Figure(("deconv", "alexnet", "samples/cat.jpg", "--weights", "random"), {
+    Figure(("deconv", "alexnet", "samples/cat.jpg", "--weights", "fashion-mnist"), {
         "quickstart-deconv.png": (
             "deconv_conv2.png",
             "The quick start's output for conv2 (one of the five PNGs it writes): the 9 strongest conv2 activations "
             "in the cat image, each projected back to pixels with the deconvnet (left of each pair) beside the "
-            "image patch under the unit's receptive field (right). AlexNet with seeded random weights.")},
+            "image patch under the unit's receptive field (right). AlexNet (torchvision's definition) with the "
+            "learned weights shipped with vizcnn: trained on Fashion-MNIST at 96 px, so its units respond to "
+            "edges, bars and blobs of grey level.")},
         fast=("--layer", "conv2", "--top", "3")),
-    Figure(("topk", "lenet5", "samples", "--weights", "fashion-mnist", "--layer", "c3", "--units", "0-7"), {
+    Figure(("topk", "alexnet", "samples", "--weights", "fashion-mnist", "--layer", "conv3", "--units", "0-7"), {
         "dataset-topk.png": (
-            "topk_c3_p1.png",
-            "A Fig. 2-style grid from one pass over the nine sample images: for LeNet-5's c3 units 0-7 (rows), "
-            "the 9 strongest activations over the whole set, best first, each as its deconvnet projection beside "
-            "the image patch it came from, with the activation value and image name above. LeNet-5 trained on "
-            "Fashion-MNIST (the sample checkpoint).")},
+            "topk_conv3_p1.png",
+            "A Fig. 2-style grid from one pass over the sample images: for AlexNet's conv3 units 0-7 (rows), the 9 "
+            "strongest activations over the whole set, best first, each as its deconvnet projection beside the "
+            "image patch it came from, with the activation value and image name above. AlexNet with the shipped "
+            "Fashion-MNIST weights.")},
         fast=("--units", "0-1", "--top", "3")),
-    Figure(("saliency", "lenet5", "samples/fashion-bag.png", "--weights", "fashion-mnist", "--method", "all"), {
+    Figure(("saliency", "alexnet", "samples/fashion-bag.png", "--weights", "fashion-mnist", "--method", "all"), {
         "saliency-panel.png": (
             "panel.png",
-            "Seven saliency methods side by side for the class LeNet-5 predicts (Bag), each overlaid on the image "
-            "and scaled to its own 99.5th percentile: gradient, deconvnet, guided backprop, integrated gradients, "
-            "SmoothGrad, Grad-CAM and occlusion. LeNet-5 trained on Fashion-MNIST.")},
+            "Seven saliency methods side by side for the class AlexNet predicts for the bag, each overlaid on the "
+            "image and scaled to its own 99.5th percentile: gradient, deconvnet, guided backprop, integrated "
+            "gradients, SmoothGrad, Grad-CAM and occlusion. With ReLUs, the deconvnet and guided backprop differ "
+            "from the gradient. AlexNet with the shipped Fashion-MNIST weights.")},
         fast=("--steps", "2")),
-    Figure(("occlusion", "lenet5", "samples/fashion-bag.png", "--weights", "fashion-mnist"), {
+    Figure(("occlusion", "alexnet", "samples/fashion-bag.png", "--weights", "fashion-mnist"), {
         "occlusion.png": (
             "occlusion.png",
-            "Zeiler & Fergus Fig. 7 for LeNet-5 (trained on Fashion-MNIST) and the bag: (a) the image with the "
-            "grey square where it hurts most, (b) the total activation of the strongest last-conv map per square "
-            "position, (c) that map's deconvnet projection, (d) the probability of Bag, (e) the most probable "
-            "class.")},
-        fast=("--stride", "4")),
-    Figure(("filters", "alexnet", "--weights", "random"), {
+            "Zeiler & Fergus Fig. 7 for AlexNet (shipped Fashion-MNIST weights) and the bag: (a) the image with the "
+            "grey square where it hurts most, (b) the total activation of the strongest conv5 map per square "
+            "position, (c) that map's deconvnet projection, (d) the probability of the predicted class, (e) the "
+            "most probable class per position.")},
+        fast=("--stride", "16")),
+    Figure(("filters", "alexnet", "--weights", "fashion-mnist"), {
         "conv1-filters.png": (
             "filters.png",
-            "AlexNet's 64 conv1 filters (11×11×3, stride 4) with seeded random weights, each scaled to its own "
-            "range: the unstructured baseline that a trained conv1 (Gabor-like edges and colour blobs) is compared "
-            "against."),
+            "AlexNet's 64 conv1 filters (11×11×3, stride 4) after training on Fashion-MNIST (the shipped "
+            "weights), each scaled to its own range: grey edge and blob detectors (the input is grey, fed as 3 "
+            "equal channels, so only the sum over colours is learned; the colour differences are the "
+            "initialisation's)."),
         "conv1-spectra.png": (
             "spectra_summary.png",
             "The same filters' spectra: (a) dominant frequencies by band, (b) each filter's aliasing fraction, the "
             "share of its energy beyond the stride-4 Nyquist limit that the strided convolution folds back (white "
-            "noise: 1 - 1/16), (c) spatial structure. Random weights.")}),
+            "noise: 1 - 1/16), (c) spatial structure. Learned weights.")}),
 )
 
 

@@ -5,8 +5,10 @@ definition (Fig. 3) at the study's reduced input size and widths.
 
     python samples/ship_study_zfnet.py docs/study/cpu/checkpoints/zfnet-seed0.pt
 
-The state_dict is stored in float16 (loaded as float32), with a card saying what the
-weights need (64 px input, the study's normalisation, widths) and what they reached.
+conv1's filters are averaged over their colour channels, as for the shipped AlexNet
+(``samples/make_alexnet_fashion_mnist.py``: trained on grey images, only the channel sum
+is learned). The state_dict is stored in float16 (loaded as float32), with a card saying
+what the weights need (64 px input, the study's normalisation, widths) and what they reached.
 """
 from __future__ import annotations
 
@@ -34,12 +36,15 @@ def main(checkpoint: str, summary: str | None = None) -> None:
         zf = next(d for d in s["designs"] if d["conv1"] == [7, 2])
         top1 = next(r["top1"] for r in zf["per_seed"] if r["seed"] == config["seed"])
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()},
+    model = state["model"]
+    w = model["features.conv1.weight"]
+    model["features.conv1.weight"] = w.mean(dim=1, keepdim=True).expand_as(w).contiguous()
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.items()},
                WEIGHTS_DIR / "zfnet-fashion-mnist.pt")
     card = {
         "model": "zfnet", "weights": "fashion-mnist", "input_size": [3, preset["size"], preset["size"]],
         "mean": [config["mean"]] * 3, "std": [1 / 255] * 3, "num_classes": len(config["classes"]),
-        "classes": list(FASHION_MNIST_CLASSES),
+        "classes": list(FASHION_MNIST_CLASSES), "conv1": "channels averaged (trained on grey images)",
         "zfnet": {"conv1": conv1, "channels": preset["channels"], "widths": preset["widths"],
                   "hidden": preset["hidden"], "input_size": preset["size"], "conv2_stride": conv2_stride_for(conv1[1])},
         "data": f"Fashion-MNIST train split (60,000 images), 28 px grey resized to {preset['size']} px, 3 equal "
