@@ -9,7 +9,10 @@ classifier would otherwise be 58M parameters; the convolutional features, which 
 vizcnn visualises, are unchanged). Data: Fashion-MNIST (Xiao et al. 2017, MIT licence)
 from Debian's ``dataset-fashion-mnist`` package; 28×28 grey images resized to 96×96
 (bilinear) and fed as 3 equal channels, normalised with the training set's mean/std.
-Recipe: AdamW 5e-4 with a one-cycle schedule, batch 64, dropout as defined, seed 0.
+Recipe: AdamW 5e-4 with a one-cycle schedule, batch 64, dropout as defined, seed 0; conv1
+starts from N(0, 1e-3²) as in the ZFNet study (torchvision's default init is large enough
+that one epoch leaves conv1 looking like its initial noise; from a small start, what
+conv1 shows is what it learned).
 Trained on grey images, conv1 learns only the sum of each filter over its colour channels;
 the per-channel differences stay at their random initialisation and would show up as
 colour noise in every projection. Before saving, each conv1 filter's channels are set to
@@ -72,6 +75,8 @@ def main(epochs: float = 1.0, seed: int = 0, out: Path = WEIGHTS_DIR) -> None:
     pixels = xtr.float().div(255)
     mean, std = float(pixels.mean()), float(pixels.std())
     model = shrink_classifier(build_model("alexnet", num_classes=10, seed=seed), HIDDEN, seed=seed)
+    with torch.no_grad():
+        model.features[0].weight.normal_(0, 1e-3, generator=torch.Generator().manual_seed(seed))
     steps = int(epochs * len(xtr) / BATCH)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 5e-4, total_steps=steps)
@@ -109,5 +114,6 @@ def main(epochs: float = 1.0, seed: int = 0, out: Path = WEIGHTS_DIR) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="folder for the weights and card")
     args = parser.parse_args()
-    main(args.epochs)
+    main(args.epochs, out=args.out)
