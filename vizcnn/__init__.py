@@ -19,6 +19,7 @@ _HOME = {
     "project": "deconv", "project_top": "deconv", "top_activations": "deconv", "Activations": "deconv",
     "saliency_map": "saliency", "occlude": "occlusion", "invariance_curves": "invariance", "scan": "dataset",
     "filter_spectra": "spectra", "sanity_check": "sanity", "Extractor": "extract", "ReverseRules": "rules",
+    "activation_policy": "rules", "LayerTap": "layers",
     # models and layers
     "load_model": "models", "list_models": "models", "class_names": "models", "get_spec": "models",
     "friendly_names": "layers", "layer_geometry": "layers", "resolve_layer": "layers", "conv_layers": "layers",
@@ -29,6 +30,7 @@ _HOME = {
     "invariance_figure": "render_occlusion", "save_figure": "imageio",
     # errors
     "VizcnnError": "errors", "BadInputError": "errors", "BadArgumentError": "errors", "UnknownNameError": "errors",
+    "ActivationError": "errors", "ActivationWarning": "errors",
 }
 
 #: exported under another name: ``vizcnn.saliency`` is the module (importing a submodule
@@ -60,18 +62,19 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .data import open_data
     from .dataset import scan
     from .deconv import Activations, project, project_top, top_activations
-    from .errors import BadArgumentError, BadInputError, UnknownNameError, VizcnnError
+    from .errors import (ActivationError, ActivationWarning, BadArgumentError, BadInputError, UnknownNameError,
+                         VizcnnError)
     from .extract import Extractor
     from .imageio import save_figure
     from .inputs import load_input
     from .invariance import invariance_curves
-    from .layers import conv_layers, friendly_names, layer_geometry, resolve_layer
+    from .layers import LayerTap, conv_layers, friendly_names, layer_geometry, resolve_layer
     from .models import class_names, get_spec, list_models, load_model
     from .occlusion import occlude
     from .render import deconv_grid
     from .render_occlusion import invariance_figure, occlusion_figure
     from .render_saliency import panel_figure
-    from .rules import ReverseRules
+    from .rules import ReverseRules, activation_policy
     from .saliency import saliency as saliency_map
     from .sanity import sanity_check
     from .spectra import filter_spectra
