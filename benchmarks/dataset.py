@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from vizcnn.data import Batch
-from vizcnn.dataset import scan_batches
+from vizcnn.io.sources import Batch
+from vizcnn.methods.scan import scan_batches
 from vizcnn.models import build_model
 
 from .common import Row, median_seconds

@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import vizcnn
-from vizcnn.deconv import forward_to, top_units
+from vizcnn.methods.deconv import forward_to, top_units
 from vizcnn.models import build_model
 
 from .common import Row, median_seconds

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from vizcnn.methods.occlusion import occlude
 from vizcnn.models import build_model
-from vizcnn.occlusion import occlude
 
 from .common import Row, median_seconds
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from vizcnn.methods.saliency import saliency
 from vizcnn.models import build_model
-from vizcnn.saliency import saliency
 
 from .common import Row, median_seconds
 

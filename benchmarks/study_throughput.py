@@ -15,8 +15,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vizcnn.reports import resolve_device
-from vizcnn.study import PRESETS, build, design_name, open_stream, parse_designs
+from vizcnn.core.state import resolve_device
+from vizcnn.io.streams import open_stream
+from vizcnn.methods.study import PRESETS, build, design_name, parse_designs
 
 
 def images_per_second(preset, conv1, device, steps: int, warmup: int = 3) -> float:

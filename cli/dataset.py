@@ -29,7 +29,7 @@ min_max_option = click.option("--min-max", default=1e-6, show_default=True, type
 
 
 def _data_stem(data: str) -> str:
-    from vizcnn.imageio import safe_filename
+    from vizcnn.io.imageio import safe_filename
 
     path = Path(data)
     return safe_filename(path.stem if path.suffix else (path.name or data))
@@ -39,10 +39,10 @@ def _data_stem(data: str) -> str:
 def _session(model, data, weights, seed, device, limit, out, command, force):
     """Joins torchrun's process group when there is one, opens DATA, the output folder
     (rank 0 only) and the model; yields (spec, model, source, OutputDir or None, extra)."""
-    from vizcnn.data import open_data
-    from vizcnn.dataset import distributed
+    from vizcnn.core.state import resolve_device
+    from vizcnn.io.sources import open_data
+    from vizcnn.methods.scan import distributed
     from vizcnn.models import get_spec, load_model
-    from vizcnn.reports import resolve_device
 
     weights = default_weights(model, weights)
     spec = get_spec(model, weights)
@@ -103,8 +103,8 @@ def topk(model, data, layers, top, distinct_images, units, method, dead_filters,
     $VIZCNN_FASHION_MNIST). Unreadable images are skipped and counted.
     Runs under `torchrun --nproc_per_node N` as it is: each rank reads a shard.
     """
-    from vizcnn.dataset import write_topk
-    from vizcnn.layers import conv_layers
+    from vizcnn.core.layers import conv_layers
+    from vizcnn.writers.dataset import write_topk
 
     with _session(model, data, weights, seed, device, limit, out, "topk", force) as (spec, net, source, folder,
                                                                                     extra), progress(as_json) as p:
@@ -136,8 +136,8 @@ def dead_filters(model, data, layers, min_firing, min_max, batch_size, workers, 
     DATA: as for `vizcnn topk` (a folder, a list file, an image, `samples`,
     `fashion-mnist[:test|:train]`). Runs under `torchrun --nproc_per_node N` as it is.
     """
-    from vizcnn.dataset import write_dead_filters
-    from vizcnn.layers import conv_layers
+    from vizcnn.core.layers import conv_layers
+    from vizcnn.writers.dataset import write_dead_filters
 
     with _session(model, data, weights, seed, device, limit, out, "dead-filters", force) as (spec, net, source,
                                                                                             folder, extra), \

@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from .main import cli
-from .options import (ImageRun, echo_summary, image_argument, model_argument, progress, projection_options,
-                      run_options, wrote)
+from .options import (ImageRun, echo_summary, image_argument, model_argument, progress, projection_options, run_options,
+                      wrote)
 
 
 @cli.command()
@@ -26,7 +26,7 @@ def deconv(model, image, layers, top, channel, method, weights, seed, device, ou
     Writes one PNG per layer in the style of Zeiler & Fergus Fig. 2 (each projection
     beside its receptive-field patch of the image) and summary.json.
     """
-    from vizcnn.reports import write_deconv
+    from vizcnn.writers.deconv import write_deconv
 
     run = ImageRun("deconv", model, image, weights, seed, device, out, force)
     with progress(as_json) as p:

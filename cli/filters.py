@@ -32,10 +32,10 @@ def filters(model, layer, size, weights, seed, out, force, as_json):
     Frequencies are in cycles/pixel; the aliasing fraction is the share of a filter's
     energy outside |fx|, |fy| <= 1/(2 stride), which the strided convolution folds back.
     """
-    from vizcnn.imageio import safe_filename
+    from vizcnn.io.imageio import safe_filename
+    from vizcnn.methods.spectra import conv_filters, fft_size
     from vizcnn.models import load_model
-    from vizcnn.render_filters import write_filters
-    from vizcnn.spectra import conv_filters, fft_size
+    from vizcnn.writers.filters import write_filters
 
     weights = default_weights(model, weights)
     net = load_model(model, weights, seed=seed, device="cpu")

@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from vizcnn.errors import VizcnnError
+from vizcnn.core.errors import VizcnnError
 
 
 class CliError(click.ClickException):

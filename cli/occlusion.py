@@ -39,9 +39,9 @@ def occlusion(model, image, window, stride, layer, target, full, batch_size, wei
     reaches is recomputed, exactly) for AlexNet/ZFNet/VGG-style models. Writes
     occlusion.png and summary.json.
     """
+    from vizcnn.methods.occlusion import positions
     from vizcnn.models import get_spec
-    from vizcnn.occlusion import positions
-    from vizcnn.render_occlusion import write_occlusion
+    from vizcnn.writers.occlusion import write_occlusion
 
     # Bad sizes fail before anything loads: the image is fitted to the model's input size.
     tops, lefts = positions(get_spec(model, default_weights(model, weights)).input_size[1:], window, stride)
@@ -81,9 +81,9 @@ def invariance(model, image, transform, amounts, border, target, batch_size, wei
     layer (fc7 in AlexNet/ZFNet), divided by the original vector's norm, and the
     probability of the true class. Writes one PNG per transform and summary.json.
     """
-    from vizcnn.errors import BadArgumentError
-    from vizcnn.invariance import TRANSFORMS
-    from vizcnn.render_occlusion import write_invariance
+    from vizcnn.core.errors import BadArgumentError
+    from vizcnn.methods.invariance import TRANSFORMS
+    from vizcnn.writers.invariance import write_invariance
 
     transforms = list(TRANSFORMS) if transform == "all" else [transform]
     sweep = None

@@ -36,12 +36,12 @@ strict_option = click.option(
 
 def projection_options(command):
     """--lrn and --strict for the commands that project: the command runs under one
-    ``vizcnn.rules.activation_policy``; each fallback to the gradient is one
+    ``vizcnn.core.rules.activation_policy``; each fallback to the gradient is one
     ``warning: ...`` line on stderr and an entry of ``activation_warnings`` in
     summary.json (:func:`policy_fields`), and with --strict an error (exit code 2)."""
     @functools.wraps(command)
     def run(*args, lrn, strict, **kwargs):
-        from vizcnn.rules import activation_policy
+        from vizcnn.core.rules import activation_policy
 
         with activation_policy(strict=strict, lrn=lrn, echo=lambda msg: click.echo(f"warning: {msg}", err=True)):
             return command(*args, **kwargs)
@@ -53,7 +53,7 @@ def policy_fields() -> dict:
     """The summary.json fields of the running command's activation policy: ``lrn``,
     ``strict`` and ``activation_warnings`` (the list the projections fill as they run);
     {} outside :func:`projection_options`."""
-    from vizcnn.rules import current_policy
+    from vizcnn.core.rules import current_policy
 
     policy = current_policy()
     if policy.notes is None:
@@ -84,7 +84,7 @@ def wrote(summary: dict, out) -> str:
 
 def progress(as_json: bool):
     """The progress of a command's long steps on stderr: on a terminal only, never with --json."""
-    from vizcnn.progress import Progress
+    from vizcnn.core.progress import Progress
 
     return Progress(quiet=as_json)
 
@@ -94,7 +94,7 @@ def output_folder(folder, command: str, *, force: bool):
     with nothing in it (a failed run leaves no folder behind)."""
     from pathlib import Path
 
-    from vizcnn.output import OutputDir
+    from vizcnn.io.output import OutputDir
 
     root = Path(folder)
     created = not root.exists()
@@ -128,10 +128,10 @@ class ImageRun:
                  out: str | None, force: bool):
         from pathlib import Path
 
-        from vizcnn.inputs import load_input
-        from vizcnn.layers import check_finite
+        from vizcnn.core.layers import check_finite
+        from vizcnn.core.state import resolve_device
+        from vizcnn.io.inputs import load_input
         from vizcnn.models import class_names, get_spec, load_model
-        from vizcnn.reports import resolve_device
 
         self.weights = default_weights(model, weights)
         self.spec = get_spec(model, self.weights)  # shipped weights bring their own input size

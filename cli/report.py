@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from vizcnn.progress import Progress
+from vizcnn.core.progress import Progress
 
 from .main import cli
 from .options import (default_weights, device_option, echo_summary, force_option, image_argument, json_option,
@@ -64,12 +64,12 @@ def report(model, image, data, layers, top, units, limit, workers, steps, dpi, f
     shows the figures with captions and the key numbers, summary.json holds
     every number.
     """
-    from vizcnn.errors import BadArgumentError
-    from vizcnn.inputs import load_input
-    from vizcnn.layers import check_finite, resolve_layer
+    from vizcnn.core.errors import BadArgumentError
+    from vizcnn.core.layers import check_finite, resolve_layer
+    from vizcnn.core.state import resolve_device
+    from vizcnn.io.inputs import load_input
     from vizcnn.models import class_names, get_spec, load_model
-    from vizcnn.report import write_report
-    from vizcnn.reports import resolve_device
+    from vizcnn.writers.report import write_report
 
     if limit is not None and data is None:
         raise BadArgumentError("--limit applies to --data; give a DATA folder or list")
@@ -79,7 +79,7 @@ def report(model, image, data, layers, top, units, limit, workers, steps, dpi, f
     shown, x = load_input(image, spec)  # a bad image, DATA, weights or layer fails before any work or folder
     source = None
     if data is not None:
-        from vizcnn.data import open_data
+        from vizcnn.io.sources import open_data
 
         source = open_data(data, limit=limit)
     net = load_model(model, weights, seed=seed, device=dev)

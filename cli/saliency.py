@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from .main import cli
-from .options import (ImageRun, echo_summary, image_argument, model_argument, progress, projection_options,
-                      run_options, wrote)
+from .options import (ImageRun, echo_summary, image_argument, model_argument, progress, projection_options, run_options,
+                      wrote)
 
 #: a method's verdict as printed: passes None where no step reached the verdict depth
 VERDICT = {True: "passes", False: "FAILS", None: "no verdict"}
@@ -36,8 +36,8 @@ def saliency(model, image, method, target, layer, steps, weights, seed, device, 
     method, panel.png for --method all, and summary.json (target class, probability,
     map statistics).
     """
-    from vizcnn.errors import BadArgumentError
-    from vizcnn.saliency import write_saliency
+    from vizcnn.core.errors import BadArgumentError
+    from vizcnn.writers.saliency import write_saliency
 
     methods = list(METHODS) if "all" in method else list(dict.fromkeys(method))
     if layer is not None and "gradcam" not in methods:
@@ -72,8 +72,8 @@ def sanity(model, image, methods, target, layer, steps, weights, seed, device, o
     the top half of the layers is random (summary.json states the rule). Writes
     sanity_maps.png, sanity_curves.png and summary.json.
     """
-    from vizcnn.errors import BadArgumentError
-    from vizcnn.sanity import write_sanity
+    from vizcnn.core.errors import BadArgumentError
+    from vizcnn.writers.sanity import write_sanity
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in chosen if m not in METHODS]

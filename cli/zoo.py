@@ -33,14 +33,13 @@ def _cache_file() -> Path:
             digest.update(f"{lib} {version(lib)}\n".encode())
         except PackageNotFoundError:
             pass
-    for source in sorted([*package.glob("models/*.py"), package / "zoo.py", package / "layers.py",
-                          Path(__file__)]):
+    for source in sorted([*package.glob("models/*.py"), package / "core" / "layers.py", Path(__file__)]):
         digest.update(source.name.encode() + source.read_bytes())
     return root / f"models-{digest.hexdigest()[:16]}.json"
 
 
 def _model_rows(cards=None) -> list[dict]:
-    from vizcnn.zoo import model_cards
+    from vizcnn.models.cards import model_cards
 
     return [{
         "name": c.spec.name, "params": c.params, "published_params": c.spec.published_params,
@@ -78,8 +77,9 @@ def models(plot, as_json):
     """List every architecture: computed and published parameter counts, input size,
     FLOPs for one image, and each conv layer's kernel/stride/receptive field."""
     if plot:  # the figure needs the models anyway
-        from vizcnn.imageio import save_figure
-        from vizcnn.zoo import lineage_figure, model_cards
+        from vizcnn.io.imageio import save_figure
+        from vizcnn.models.cards import model_cards
+        from vizcnn.render.zoo import lineage_figure
 
         cards = model_cards()
         save_figure(lineage_figure(cards), plot)
@@ -91,7 +91,7 @@ def models(plot, as_json):
         top1 = f"{r['top1']:.1f}" if r["top1"] is not None else "-"
         lines.append(f"{r['name']:<18} {r['params']:>13,} {r['published_params']:>13,}  "
                      f"{'×'.join(map(str, r['input_size'])):<10} {r['gflops']:>7.2f}  {top1:>6}  {r['source']}")
-    from vizcnn.shipped import shipped_weights
+    from vizcnn.models.shipped import shipped_weights
 
     shipped = [{"model": m, **{k: card[k] for k in ("weights", "input_size", "data", "accuracy")}}
                for m, named in shipped_weights().items() for card in named.values()]
@@ -116,13 +116,14 @@ def models(plot, as_json):
 def layers(model, show_all, as_json):
     """List MODEL's layers: friendly name, module path, output shape, kernel/stride and
     receptive field. Any name listed here works with --layer."""
-    from vizcnn.layers import friendly_names, layer_geometry
+    from vizcnn.core.layers import friendly_names, layer_geometry
+    from vizcnn.core.state import model_device
     from vizcnn.models import get_spec
-    from vizcnn.zoo import _skeleton
+    from vizcnn.models.cards import skeleton
 
     spec = get_spec(model)
-    net = _skeleton(model).eval()
-    geometry = layer_geometry(net, spec.input_size, device=next(net.parameters()).device)
+    net = skeleton(model).eval()
+    geometry = layer_geometry(net, spec.input_size, device=model_device(net))
     friendly = friendly_names(net)
     infos = [i for k, i in geometry.items() if k in friendly] if friendly and not show_all else \
         [i for k, i in geometry.items() if k not in friendly]

@@ -108,7 +108,7 @@ def make_figures(out: Path | str = DEFAULT_OUT, *, fast: bool = False, dpi: int 
     from click.testing import CliRunner
 
     from cli.main import cli
-    from vizcnn.imageio import figure_dpi
+    from vizcnn.io.imageio import figure_dpi
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vizcnn.data import fashion_mnist_arrays
-from vizcnn.models import FASHION_MNIST_CLASSES, WEIGHTS_DIR, build_model, shrink_classifier
+from vizcnn.io.sources import FASHION_MNIST_CLASSES, fashion_mnist_arrays
+from vizcnn.models import build_model
+from vizcnn.models.registry import shrink_classifier
+from vizcnn.models.shipped import WEIGHTS_DIR
 
 SIZE, HIDDEN, BATCH = 96, 256, 64
 

@@ -14,7 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vizcnn.data import fashion_mnist_arrays
+from vizcnn.io.sources import fashion_mnist_arrays
 from vizcnn.models import build_model
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from vizcnn.models import FASHION_MNIST_CLASSES
+from vizcnn.io.sources import FASHION_MNIST_CLASSES
+from vizcnn.models.shipped import WEIGHTS_DIR
 from vizcnn.models.zfnet import conv2_stride_for
-from vizcnn.shipped import WEIGHTS_DIR
 
 
 def main(checkpoint: str, summary: str | None = None) -> None:

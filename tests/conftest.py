@@ -35,9 +35,9 @@ def assert_untouched(model: nn.Module, before: dict) -> None:
 
 @pytest.fixture(scope="session")
 def samples_dir():
-    from pathlib import Path
+    from vizcnn.io.sources import SAMPLES_DIR
 
-    return Path(__file__).resolve().parents[1] / "samples"
+    return SAMPLES_DIR
 
 
 def image(c: int, size: int, seed: int = 0) -> torch.Tensor:

@@ -72,8 +72,9 @@ def write_images(folder: Path, n: int = 20, *, corrupt_after: int = 10) -> list[
 
 
 def main(folder: str, out: str) -> None:
-    from vizcnn.data import open_data
-    from vizcnn.dataset import distributed, scan
+    from vizcnn.api import scan
+    from vizcnn.io.sources import open_data
+    from vizcnn.methods.scan import distributed
 
     torch.set_num_threads(1)
     with distributed(torch.device("cpu")) as (rank, world, _):

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vizcnn.errors import BadArgumentError
+from vizcnn.core.errors import BadArgumentError
 from vizcnn.models.alexnet2012 import AlexNet2012, alexnet2012
 from vizcnn.models.lenet5 import LeNet5, lenet5
 from vizcnn.models.zfnet import ZFNet, zfnet

@@ -130,7 +130,7 @@ def _heavy_loaded_after(code: str, env: dict | None = None) -> list[str]:
 
 def test_help_and_import_load_no_heavy_module():
     """`vizcnn --help` and `import vizcnn` stay fast: torch & co. load when a command needs them."""
-    assert _heavy_loaded_after("import vizcnn, vizcnn.errors\nfrom cli.main import cli\n"
+    assert _heavy_loaded_after("import vizcnn, vizcnn.core.errors\nfrom cli.main import cli\n"
                                "cli.main(['--help'], standalone_mode=False)\n"
                                "cli.main(['deconv', '--help'], standalone_mode=False)") == []
 
@@ -151,7 +151,7 @@ def test_top_level_api_is_lazy_and_complete():
 
     for name in vizcnn.__all__:
         assert getattr(vizcnn, name) is not None, name
-    assert callable(vizcnn.render.deconv_grid)
+    assert callable(vizcnn.render.deconv.deconv_grid)
     with pytest.raises(AttributeError):
         vizcnn.no_such_thing
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from vizcnn.data import (FASHION_MNIST_ENV, Skipped, collate, fashion_mnist_arrays, load, loader, open_data,
-                         prepare)
-from vizcnn.errors import BadArgumentError, BadInputError
-from vizcnn.models import SAMPLES_DIR, get_spec
+from vizcnn.core.errors import BadArgumentError, BadInputError
+from vizcnn.io.sources import (FASHION_MNIST_ENV, SAMPLES_DIR, Skipped, collate, fashion_mnist_arrays, load, loader,
+                               open_data, prepare)
+from vizcnn.models import get_spec
 
 RGB16 = SimpleNamespace(input_size=(3, 16, 16), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -128,7 +128,7 @@ def test_fashion_mnist_from_idx_files(tmp_path, monkeypatch, gz):
 
 
 def test_fashion_mnist_missing_names_the_package(tmp_path, monkeypatch):
-    import vizcnn.data as data
+    import vizcnn.io.sources as data
 
     monkeypatch.delenv(FASHION_MNIST_ENV, raising=False)
     monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "absent")

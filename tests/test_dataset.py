@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import assert_untouched, snapshot
 from dataset_worker import CONSTANT_UNIT, LAYERS, SPEC, tiny_model, write_images
-from vizcnn.data import load, open_data
-from vizcnn.dataset import ORDER, feeding_weight, order, parse_units, project_winners, scan
-from vizcnn.errors import BadArgumentError
-from vizcnn.extract import Extractor
+
+from vizcnn.api import project_winners, scan
+from vizcnn.core.errors import BadArgumentError
+from vizcnn.core.extract import Extractor
+from vizcnn.core.layers import feeding_weight
+from vizcnn.io.sources import load, open_data
+from vizcnn.methods.scan import ORDER, order, parse_units
 
 TOP = 5
 
@@ -87,9 +89,9 @@ def test_batches_compute_exactly(activations, source):
 
 @pytest.mark.parametrize("distinct, host", [(False, True), (False, False), (True, True)])
 def test_topk_equals_brute_force_and_skips_the_corrupt_file(source, activations, distinct, host, caplog, monkeypatch):
-    import vizcnn.dataset
+    import vizcnn.methods.scan
 
-    monkeypatch.setattr(vizcnn.dataset, "host_branching", lambda device: host)  # False: the GPU's code path
+    monkeypatch.setattr(vizcnn.methods.scan, "host_branching", lambda device: host)  # False: the GPU's code path
     model = tiny_model()
     before = snapshot(model)
     with caplog.at_level(logging.WARNING, logger="vizcnn.data"):
@@ -105,9 +107,9 @@ def test_topk_equals_brute_force_and_skips_the_corrupt_file(source, activations,
 
 @pytest.mark.parametrize("host", [True, False])
 def test_ties_are_broken_by_image_then_position(source, activations, host, monkeypatch):
-    import vizcnn.dataset
+    import vizcnn.methods.scan
 
-    monkeypatch.setattr(vizcnn.dataset, "host_branching", lambda device: host)
+    monkeypatch.setattr(vizcnn.methods.scan, "host_branching", lambda device: host)
     # Unit CONSTANT_UNIT of conv1 is 0.5 at every position of every image.
     for batch in (1, 4, 7):
         result = scan(tiny_model(), source, SPEC, topk_layers=["conv1"], top=TOP, batch_size=batch, num_workers=0)
@@ -201,9 +203,8 @@ def test_feeding_weight_finds_the_conv_before_the_relu():
 def test_two_ranks_with_gloo_equal_one_process(folder, source, tmp_path, monkeypatch):
     import socket
 
-    import torch.multiprocessing as mp
-
     import dataset_worker
+    import torch.multiprocessing as mp
 
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
@@ -229,7 +230,7 @@ def test_two_ranks_with_gloo_equal_one_process(folder, source, tmp_path, monkeyp
 
 
 def test_projections_of_winners_match_single_projections(source):
-    from vizcnn.deconv import project
+    from vizcnn.methods.deconv import project
 
     model = tiny_model()
     before = snapshot(model)

@@ -12,11 +12,11 @@ from conftest import assert_untouched, image, snapshot
 from torch import nn
 
 import vizcnn
-from vizcnn.deconv import forward_to, top_units
-from vizcnn.errors import BadArgumentError, BadInputError, UnknownNameError
+from vizcnn.core.errors import BadArgumentError, BadInputError, UnknownNameError
+from vizcnn.core.state import preserved_model
+from vizcnn.methods.deconv import forward_to, top_units
+from vizcnn.methods.reference import deconvnet_sequential
 from vizcnn.models import build_model
-from vizcnn.reference import deconvnet_sequential
-from vizcnn.state import preserved_model
 
 METHODS = ("deconvnet", "guided", "gradient")
 
@@ -371,7 +371,7 @@ def test_receptive_field_box_contains_the_gradient_support(name, layer):
 def test_cropped_projection_equals_whole_image(name, layer):
     """Projecting through a crop around the receptive field (the fast path for low layers)
     gives the whole-image projection, at the borders (zero padding, ceil-mode pools) too."""
-    from vizcnn.deconv import Activations, backproject, backproject_cropped
+    from vizcnn.methods.deconv import Activations, backproject, backproject_cropped
 
     model = cached(name)
     x = image(3, 131)
@@ -391,7 +391,7 @@ def test_cropped_projection_equals_whole_image(name, layer):
 
 
 def test_geometry_cache_follows_the_model():
-    from vizcnn.layers import cached_geometry
+    from vizcnn.core.layers import cached_geometry
 
     model = build_model("alexnet-2012", num_classes=10)
     first = cached_geometry(model, (3, 99, 99))
@@ -441,7 +441,7 @@ def test_gradient_method_is_activation_times_autograd_on_every_zoo_model(name):
     """Seed convention: a projection is seeded with the unit's own activation a, so
     method="gradient" is a · ∂a/∂x — autograd's own gradient, LRN included (it used to
     take the deconvnet's LRN-as-identity convention on alexnet-2012 and zfnet)."""
-    from vizcnn.layers import default_layers, resolve_layer
+    from vizcnn.core.layers import default_layers, resolve_layer
 
     model = _quick_random(name)
     size = ZOO_SIZES.get(name, 64)
@@ -530,9 +530,9 @@ def test_path_k_in_project_and_project_top(resnet, k):
 
 
 def test_path_k_in_occlude_saliency_and_invariance(resnet):
-    from vizcnn.invariance import invariance_curves
-    from vizcnn.occlusion import occlude
-    from vizcnn.saliency import saliency
+    from vizcnn.methods.invariance import invariance_curves
+    from vizcnn.methods.occlusion import occlude
+    from vizcnn.methods.saliency import saliency
 
     x = image(3, 64)
     outs = _calls(resnet, "layer1.0.relu", x)
@@ -602,8 +602,8 @@ def test_extractor_run_is_eval_mode_and_restores_the_users_modes():
 
 @pytest.mark.parametrize("channel", [__import__("numpy").int64(3), 3.0, torch.tensor(3), __import__("numpy").array(3)])
 def test_integer_like_channels_are_accepted(channel):
-    from vizcnn.reports import deconv_layers
-    from vizcnn.saliency import saliency
+    from vizcnn.methods.deconv import deconv_layers
+    from vizcnn.methods.saliency import saliency
 
     model = cached("zfnet")
     x = image(3, 99)
@@ -628,8 +628,8 @@ def test_half_and_bfloat16_models_run_in_their_dtype(dtype, tolerance):
     """The geometry probe, the crops and the seeds all follow the model's dtype; the
     projection equals the float32 one of the same (rounded) weights up to the dtype's
     precision."""
-    from vizcnn.layers import layer_geometry
-    from vizcnn.saliency import saliency
+    from vizcnn.core.layers import layer_geometry
+    from vizcnn.methods.saliency import saliency
 
     torch.manual_seed(0)
     model = build_model("alexnet", num_classes=10).eval().to(dtype)
@@ -652,7 +652,7 @@ def test_half_and_bfloat16_models_run_in_their_dtype(dtype, tolerance):
 def test_meta_script_and_checkpointed_models_are_one_line_errors():
     from torchvision.models import densenet121
 
-    from vizcnn.saliency import saliency
+    from vizcnn.methods.saliency import saliency
 
     x = image(3, 32)
     with torch.device("meta"):

@@ -12,10 +12,14 @@ from matplotlib.image import AxesImage
 from matplotlib.text import Text
 from torch import nn
 
-from vizcnn import render, render_dataset, render_filters, render_occlusion, render_saliency
-from vizcnn.invariance import invariance_curves
-from vizcnn.occlusion import occlude
-from vizcnn.spectra import filter_spectra
+from vizcnn.methods.invariance import invariance_curves
+from vizcnn.methods.occlusion import occlude
+from vizcnn.methods.spectra import filter_spectra, summarize
+from vizcnn.render import common, deconv, invariance
+from vizcnn.render import dataset as render_dataset
+from vizcnn.render import filters as render_filters
+from vizcnn.render import occlusion as render_occlusion
+from vizcnn.render import saliency as render_saliency
 
 TITLE = "tiny (random weights) · layer conv2 · deconvnet · what is shown"
 
@@ -71,7 +75,7 @@ def check_standard(fig, *, tick_overlap: bool = True) -> None:
     canvas.draw()
     renderer = canvas.get_renderer()
     width, _ = fig.get_size_inches()
-    assert width <= render.MAX_WIDTH + 1e-6, f"{width} in wide"
+    assert width <= common.MAX_WIDTH + 1e-6, f"{width} in wide"
     titles = [fig._suptitle] + [t for ax in fig.axes for t in (ax.title, ax._left_title, ax._right_title)]
     titles += [t for t in fig.texts]
     assert any(t is not None and t.get_text().strip() for t in titles), "no title"
@@ -106,14 +110,14 @@ def test_deconv_grid_marks_zero_projections():
     proj[2] = 0
     boxes = [(0, 8, 0, 8)] * 4 + [(4, 16, 2, 14)]
     labels = [f"ch {i} · activation 1.5\nreceptive field y 0–8, x 0–8 px" for i in range(5)]
-    fig = render.deconv_grid(_image(), proj, boxes, labels, TITLE)
+    fig = deconv.deconv_grid(_image(), proj, boxes, labels, TITLE)
     check_standard(fig)
     assert any(t.get_text() == "zero\nprojection" for t in _texts(fig))
 
 
 def test_deconv_grid_of_many_pairs_stays_12_inches():
     proj = torch.randn(12, 3, 16, 16, generator=rng())
-    fig = render.deconv_grid(_image(), proj, [(0, 16, 0, 16)] * 12, [f"ch {i}" for i in range(12)], TITLE,
+    fig = deconv.deconv_grid(_image(), proj, [(0, 16, 0, 16)] * 12, [f"ch {i}" for i in range(12)], TITLE,
                              columns=6)
     check_standard(fig)
 
@@ -160,11 +164,11 @@ def test_filter_figures(shape, stride):
     w = torch.randn(*shape, generator=rng())
     w[1] = 0
     s = filter_spectra(w, stride)
-    long_title = render.figure_title("lenet5", weights="fashion-mnist", layer="conv1 (features.0)",
+    long_title = common.figure_title("lenet5", weights="fashion-mnist", layer="conv1 (features.0)",
                                      method="power spectra", what=f"{shape[0]} filters, stride {stride}")
     check_standard(render_filters.filter_grid(w, long_title, flagged=~s.structured))
     check_standard(render_filters.spectra_grid(s, long_title))
-    check_standard(render_filters.summary_figure(s, long_title))
+    check_standard(render_filters.summary_figure(s, summarize(s), long_title))
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +206,7 @@ def test_occlusion_panel_e_says_when_one_class_wins(occlusion_result):
 def test_invariance_figure(tiny):
     x = torch.randn(1, 3, 16, 16, generator=rng(3))
     r = invariance_curves(tiny, x, "translate", [-2, 0, 2])
-    fig = render_occlusion.invariance_figure(r, model_name="tiny", weights="random")
+    fig = invariance.invariance_figure(r, model_name="tiny", weights="random")
     check_standard(fig)
     texts = [t.get_text() for t in _texts(fig)]
     assert any("p(predicted class)" in t for t in texts)
@@ -238,7 +242,7 @@ def test_sanity_figures(steps):
 
 
 def test_models_plot_names_do_not_overlap():
-    from vizcnn.zoo import lineage_figure
+    from vizcnn.render.zoo import lineage_figure
 
     class Spec:
         def __init__(self, name, top1, tv):
@@ -262,9 +266,9 @@ def test_models_plot_names_do_not_overlap():
 
 
 def test_num_has_no_negative_zero():
-    assert render.num(-0.0) == "0"
-    assert render.num(-1e-9, 2) == "-1e-09"
-    assert render.num(-0.0004, 2) == "-0.0004"
-    assert render.num(-0.001, 1) == "-0.001"
+    assert common.num(-0.0) == "0"
+    assert common.num(-1e-9, 2) == "-1e-09"
+    assert common.num(-0.0004, 2) == "-0.0004"
+    assert common.num(-0.001, 1) == "-0.001"
     assert f"{-0.0001:.2f}" == "-0.00"  # what the helper exists for
-    assert render.figure_title("m", weights="random", layer="l", method="x") == "m (random weights) · layer l · x"
+    assert common.figure_title("m", weights="random", layer="l", method="x") == "m (random weights) · layer l · x"

@@ -1,4 +1,4 @@
-"""Tests for vizcnn.imageio: every image is made here, in tmp_path, by OpenCV, PIL or by hand."""
+"""Tests for vizcnn.io.imageio: every image is made here, in tmp_path, by OpenCV, PIL or by hand."""
 from __future__ import annotations
 
 import io
@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vizcnn import imageio
-from vizcnn.errors import BadArgumentError, BadInputError
-from vizcnn.imageio import image_size, read_image, safe_filename, write_atomic, write_json, write_png
+from vizcnn.core.errors import BadArgumentError, BadInputError
+from vizcnn.io import imageio
+from vizcnn.io.imageio import image_size, read_image, safe_filename, write_atomic, write_json, write_png
 
-import cv2  # noqa: E402,I001  (after vizcnn.imageio, which sets OpenCV's pixel limit first)
+import cv2  # noqa: E402,I001  (after vizcnn.io.imageio, which sets OpenCV's pixel limit first)
 
 RED, GREEN, BLUE = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
 

@@ -11,11 +11,11 @@ from conftest import assert_untouched, snapshot
 from torch import nn
 
 from cli.main import cli
-from vizcnn.errors import BadArgumentError, UnknownNameError
-from vizcnn.extract import Extractor
-from vizcnn.inputs import fit, normalize
-from vizcnn.imageio import read_image
-from vizcnn.invariance import default_amounts, invariance_curves, last_hidden_layer, transform_images
+from vizcnn.core.errors import BadArgumentError, UnknownNameError
+from vizcnn.core.extract import Extractor
+from vizcnn.io.imageio import read_image
+from vizcnn.io.inputs import fit, normalize
+from vizcnn.methods.invariance import default_amounts, invariance_curves, last_hidden_layer, transform_images
 from vizcnn.models import get_spec
 from vizcnn.models.zfnet import zfnet
 

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 import vizcnn
 from cli.main import cli
-from vizcnn.inputs import load_input
+from vizcnn.io.inputs import load_input
+from vizcnn.methods.spectra import filter_spectra
 from vizcnn.models import get_spec, load_model
-from vizcnn.shipped import shipped_weights
-from vizcnn.spectra import filter_spectra
+from vizcnn.models.shipped import shipped_weights
 
 
 def _projections(weights: str, samples_dir):

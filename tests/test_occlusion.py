@@ -9,15 +9,15 @@ import torch
 from click.testing import CliRunner
 from conftest import assert_untouched, snapshot
 from torch import nn
-
-from cli.main import cli
-from vizcnn.errors import BadArgumentError, BadInputError, UnknownNameError
-from vizcnn.extract import Extractor
 from torchvision.models.vgg import cfgs, make_layers
 
+from cli.main import cli
+from vizcnn.core.errors import BadArgumentError, BadInputError, UnknownNameError
+from vizcnn.core.extract import Extractor
+from vizcnn.methods.occlusion import occlude, occlusion_map, positions
+from vizcnn.methods.occlusion_engine import IncrementalOcclusion
 from vizcnn.models import build_model
 from vizcnn.models.zfnet import zfnet
-from vizcnn.occlusion import IncrementalOcclusion, occlude, occlusion_map, positions
 
 
 @functools.lru_cache(maxsize=None)

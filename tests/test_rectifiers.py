@@ -3,8 +3,8 @@ with min 0 and threshold(x, 0, 0) in every form (module, functional, in place, T
 method) get the deconvnet and guided rules; the gradient stays the gradient; what has no
 rule is said, and strict makes it an error.
 
-The references here are written without vizcnn.rules: a per-call rule applied by hand
-on a sequential chain (vizcnn.reference), and forward hooks on the rectifier modules of
+The references here are written without vizcnn.core.rules: a per-call rule applied by hand
+on a sequential chain (vizcnn.methods.reference), and forward hooks on the rectifier modules of
 torchvision's MobileNetV2 that swap in a hand-written backward.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import vizcnn
-from vizcnn.errors import ActivationError, ActivationWarning
-from vizcnn.reference import deconvnet_sequential, rectifier_bound
-from vizcnn.rules import ReverseRules, activation_policy
+from vizcnn.core.errors import ActivationError, ActivationWarning
+from vizcnn.core.rules import ReverseRules, activation_policy
+from vizcnn.methods.reference import deconvnet_sequential, rectifier_bound
 
 METHODS = ("deconvnet", "guided", "gradient")
 
@@ -421,7 +421,7 @@ def test_efficientnet_says_it_has_no_rectifier():
 
 
 def test_saliency_deconvnet_warns_and_strict():
-    from vizcnn.saliency import saliency
+    from vizcnn.methods.saliency import saliency
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SiLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5)).eval()
     x = torch.randn(1, 3, 10, 10)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import assert_untouched, snapshot
 
 from cli.main import cli
-from conftest import assert_untouched, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 BAG = str(ROOT / "samples" / "fashion-bag.png")
@@ -125,7 +125,7 @@ def test_report_writes_every_step(lenet_report):
 
 
 def test_summary_holds_the_numbers(lenet_report):
-    from vizcnn.inputs import load_input
+    from vizcnn.io.inputs import load_input
     from vizcnn.models import get_spec, load_model
 
     out, _, s = lenet_report
@@ -186,7 +186,7 @@ def test_index_renders_in_headless_chromium(lenet_report, tmp_path):
            (out / "index.html").resolve().as_uri()]
     subprocess.run(cmd, capture_output=True, timeout=120, check=False)
     assert shot.is_file(), "chromium wrote no screenshot"
-    from vizcnn.imageio import read_image
+    from vizcnn.io.imageio import read_image
 
     image = read_image(shot)
     assert image.shape[:2] == (2000, 1280)
@@ -225,8 +225,8 @@ def test_svg_dpi_and_quiet_leave_the_model_untouched(tmp_path, one_thread, monke
 def test_figure_dpi_sets_every_figure(tmp_path):
     from matplotlib.figure import Figure
 
-    from vizcnn.errors import BadArgumentError
-    from vizcnn.imageio import figure_dpi, image_size, save_figure
+    from vizcnn.core.errors import BadArgumentError
+    from vizcnn.io.imageio import figure_dpi, image_size, save_figure
 
     fig = Figure(figsize=(2, 1))
     save_figure(fig, tmp_path / "a.png")
@@ -244,9 +244,9 @@ def test_figure_dpi_sets_every_figure(tmp_path):
 def test_a_rerun_removes_the_earlier_runs_files(tmp_path):
     """An earlier report's files in subfolders that this run does not write are removed
     (the output folder holds one run); a file the user added needs --force and is kept."""
-    from vizcnn.errors import BadInputError
-    from vizcnn.output import OutputDir
-    from vizcnn.report import StepFolder
+    from vizcnn.core.errors import BadInputError
+    from vizcnn.io.output import OutputDir
+    from vizcnn.writers.report import StepFolder
 
     first = OutputDir(tmp_path / "r", "report")
     step = StepFolder(first, "dataset", "png")

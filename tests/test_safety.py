@@ -20,9 +20,9 @@ from torch import nn
 
 import vizcnn
 from cli.main import cli
-from vizcnn.errors import VizcnnError
-from vizcnn.output import OutputDir
-from vizcnn.reports import write_deconv
+from vizcnn.core.errors import VizcnnError
+from vizcnn.io.output import OutputDir
+from vizcnn.writers.deconv import write_deconv
 
 
 class Tiny(nn.Module):
@@ -151,7 +151,7 @@ def test_hostile_images_work_or_fail_in_one_line(tmp_path):
 
 def test_interrupted_run_leaves_previous_results_intact(tmp_path, samples_dir, monkeypatch):
     model = vizcnn.load_model("lenet5", "fashion-mnist")
-    from vizcnn.inputs import load_input
+    from vizcnn.io.inputs import load_input
     from vizcnn.models import get_spec
 
     image, x = load_input(samples_dir / "fashion-bag.png", get_spec("lenet5"))
@@ -160,7 +160,7 @@ def test_interrupted_run_leaves_previous_results_intact(tmp_path, samples_dir, m
     saved = {f: (out_dir / f).read_bytes() for f in os.listdir(out_dir)}
     assert set(saved) == {*first["files"], "summary.json", ".vizcnn-manifest.json"}
 
-    import vizcnn.reports as reports
+    import vizcnn.writers.deconv as reports
 
     calls = []
 
@@ -244,8 +244,8 @@ def test_promise_no_hang_when_workers_fork_after_opencv_used_its_threads(tmp_pat
     script = textwrap.dedent("""
         import sys, numpy as np
         from types import SimpleNamespace
-        from vizcnn.opencv import cv2
-        from vizcnn.data import folder_source, loader
+        from vizcnn.io.opencv import cv2
+        from vizcnn.io.sources import folder_source, loader
         spec = SimpleNamespace(name="t", input_size=(3, 32, 32), mean=(0, 0, 0), std=(1, 1, 1))
         for i in range(8):
             cv2.imwrite(f"{sys.argv[1]}/{i}.png", np.full((40, 40, 3), i * 20, np.uint8))
@@ -292,9 +292,9 @@ def test_promise_decode_limits_apply_to_every_command(tmp_path, command):
 def test_promise_long_thin_image_costs_only_its_crop(tmp_path):
     code = textwrap.dedent("""
         import sys, numpy as np
-        from vizcnn.opencv import cv2
+        from vizcnn.io.opencv import cv2
         cv2.imwrite(sys.argv[1], np.zeros((28, 200000, 3), np.uint8))
-        from vizcnn.inputs import load_input
+        from vizcnn.io.inputs import load_input
         from vizcnn.models import get_spec
         shown, x = load_input(sys.argv[1], get_spec("alexnet"))
         assert shown.shape == (224, 224, 3) and tuple(x.shape) == (1, 3, 224, 224)
@@ -306,10 +306,11 @@ def test_promise_long_thin_image_costs_only_its_crop(tmp_path):
 
 
 def test_promise_only_regular_files_are_read(tmp_path):
-    from vizcnn.data import open_data
-    from vizcnn.errors import BadInputError
-    from vizcnn.imageio import read_image
-    from vizcnn.models import build_model, load_checkpoint
+    from vizcnn.core.errors import BadInputError
+    from vizcnn.io.imageio import read_image
+    from vizcnn.io.sources import open_data
+    from vizcnn.models import build_model
+    from vizcnn.models.registry import load_checkpoint
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -324,8 +325,8 @@ def test_promise_only_regular_files_are_read(tmp_path):
 
 
 def test_promise_list_files_are_bounded_and_folders_walked_once(tmp_path, samples_dir):
-    from vizcnn.data import MAX_LIST_BYTES, folder_source, list_source
-    from vizcnn.errors import BadInputError
+    from vizcnn.core.errors import BadInputError
+    from vizcnn.io.sources import MAX_LIST_BYTES, folder_source, list_source
 
     (tmp_path / "nul.txt").write_bytes(bytes(1000))
     with pytest.raises(BadInputError, match="NUL"):
@@ -352,7 +353,7 @@ def test_promise_list_files_are_bounded_and_folders_walked_once(tmp_path, sample
 
 _RUN = textwrap.dedent("""
     import sys, time
-    from vizcnn.output import OutputDir
+    from vizcnn.io.output import OutputDir
     out = OutputDir(sys.argv[1], "deconv")
     out.path("conv1.png").write_bytes(b"new")
     print("ready", flush=True)
@@ -423,7 +424,7 @@ def test_promise_overflowing_activations_and_no_usable_images_exit_2(tmp_path, s
 
 
 def test_promise_checkpoint_zip_bomb_is_refused_before_inflating(tmp_path):
-    from vizcnn.errors import BadInputError
+    from vizcnn.core.errors import BadInputError
     from vizcnn.models import load_model
 
     path = tmp_path / "bomb.pt"

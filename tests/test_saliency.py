@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from conftest import assert_untouched, image, snapshot
 from torch import nn
 
-from vizcnn.errors import BadArgumentError, BadInputError, UnknownNameError
+from vizcnn.core.errors import BadArgumentError, BadInputError, UnknownNameError
+from vizcnn.methods.saliency import METHODS, default_gradcam_layer, saliency
 from vizcnn.models import build_model
-from vizcnn.saliency import METHODS, default_gradcam_layer, saliency
 
 
 class TinyNet(nn.Module):
@@ -97,7 +97,7 @@ def test_gradient_through_lrn_is_the_true_gradient():
     torch.testing.assert_close(r.attribution, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
     # the reverse rules' gradient is the gradient too (LRN differentiated); their LRN-as-
     # identity convention applies to the deconvnet only, where it changes the result
-    from vizcnn.rules import ReverseRules
+    from vizcnn.core.rules import ReverseRules
 
     grads = {}
     for method, lrn in (("gradient", "identity"), ("deconvnet", "identity"), ("deconvnet", "gradient")):
@@ -200,7 +200,7 @@ def test_integrated_gradients_completeness_and_captum():
     r = saliency(small, x, "integrated-gradients", steps=20)
     ref = IntegratedGradients(small).attribute(x, target=r.target, n_steps=20)[0]
     torch.testing.assert_close(r.attribution, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
-    chunked = saliency(small, x, "integrated-gradients", steps=20, batch=7)  # chunking changes nothing
+    chunked = saliency(small, x, "integrated-gradients", steps=20, batch_size=7)  # chunking changes nothing
     torch.testing.assert_close(chunked.attribution, r.attribution, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
     black = -torch.ones_like(x)
     rb = saliency(small, x, "integrated-gradients", steps=20, baseline=black)

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from conftest import assert_untouched, image, snapshot
 from torch import nn
 
-from vizcnn.errors import BadArgumentError
+from vizcnn.core.errors import BadArgumentError
+from vizcnn.methods.sanity import cascade, parametrised_units, reinitialise, sanity_check, spearman, ssim
 from vizcnn.models import build_model
-from vizcnn.sanity import cascade, parametrised_units, reinitialise, sanity_check, spearman, ssim
 
 
 class TinyNet(nn.Module):

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import assert_untouched, snapshot
 from torch import nn
 
 from cli.main import cli
-from conftest import assert_untouched, snapshot
-from vizcnn.errors import BadArgumentError, BadInputError, UnknownNameError
-from vizcnn.spectra import (conv_filters, filter_spectra, frequency_histogram, noise_alias_fraction,
-                            normalised_entropy, per_filter, summarize)
+from vizcnn.core.errors import BadArgumentError, BadInputError, UnknownNameError
+from vizcnn.methods.spectra import (conv_filters, filter_spectra, frequency_histogram, noise_alias_fraction,
+                                    normalised_entropy, per_filter, summarize)
 
 
 def checkerboard(k: int, channels: int = 3) -> torch.Tensor:
@@ -258,9 +258,9 @@ def test_zoo_first_layers():
 
 
 def test_write_filters_leaves_the_model_untouched(tmp_path):
+    from vizcnn.io.output import OutputDir
     from vizcnn.models import build_model
-    from vizcnn.output import OutputDir
-    from vizcnn.render_filters import write_filters
+    from vizcnn.writers.filters import write_filters
 
     model = build_model("lenet5").train()
     before = snapshot(model)

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from vizcnn.stats import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, difference_ci, fmt, mean_ci, mean_normal,
-                          paired_ci, verdict, wilson)
+from vizcnn.core.stats import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, difference_ci, fmt, mean_ci, mean_normal,
+                               paired_ci, verdict, wilson)
 
 
 def test_t_interval_matches_a_hand_computation():

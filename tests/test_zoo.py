@@ -11,8 +11,9 @@ from click.testing import CliRunner
 
 import vizcnn
 from cli.main import cli
-from vizcnn.errors import BadArgumentError, BadInputError, UnknownNameError
-from vizcnn.models import build_model, read_checkpoint
+from vizcnn.core.errors import BadArgumentError, BadInputError, UnknownNameError
+from vizcnn.models import build_model
+from vizcnn.models.registry import read_checkpoint
 
 # The published figures quoted by the foundation issue and torchvision's documentation.
 PUBLISHED = {

@@ -5,8 +5,11 @@
 >>> x = torch.randn(1, 3, 224, 224)
 >>> proj = vizcnn.project(model, x, "conv5", channel=[3, 7])   # (2, 3, 224, 224)
 
-Names are imported when first used, so ``import vizcnn`` (and ``vizcnn --help``) does
-not load torch or matplotlib.
+The package is layered (docs/ARCHITECTURE.md): ``core`` (rules, layers, state, errors),
+``io`` (reading and writing), ``models`` (the zoo), ``methods`` (the analyses),
+``render`` (figures), ``writers`` (one per command). The names below are the analyses
+researchers call; they are imported when first used, so ``import vizcnn`` (and
+``vizcnn --help``) does not load torch or matplotlib.
 """
 from __future__ import annotations
 
@@ -16,25 +19,27 @@ from typing import TYPE_CHECKING
 #: public name -> the module that defines it
 _HOME = {
     # analyses
-    "project": "deconv", "project_top": "deconv", "top_activations": "deconv", "Activations": "deconv",
-    "saliency_map": "saliency", "occlude": "occlusion", "invariance_curves": "invariance", "scan": "dataset",
-    "filter_spectra": "spectra", "sanity_check": "sanity", "Extractor": "extract", "ReverseRules": "rules",
-    "activation_policy": "rules", "LayerTap": "layers",
+    "project": "methods.deconv", "project_top": "methods.deconv", "top_activations": "methods.deconv",
+    "Activations": "methods.deconv", "saliency": "methods.saliency", "saliency_map": "methods.saliency",
+    "occlude": "methods.occlusion", "invariance_curves": "methods.invariance", "scan": "api",
+    "project_winners": "api", "filter_spectra": "methods.spectra", "sanity_check": "methods.sanity",
+    "Extractor": "core.extract", "ReverseRules": "core.rules", "activation_policy": "core.rules",
+    "LayerTap": "core.layers",
     # models and layers
-    "load_model": "models", "list_models": "models", "class_names": "models", "get_spec": "models",
-    "friendly_names": "layers", "layer_geometry": "layers", "resolve_layer": "layers", "conv_layers": "layers",
+    "load_model": "models.registry", "list_models": "models.registry", "class_names": "models.registry",
+    "get_spec": "models.registry", "friendly_names": "core.layers", "layer_geometry": "core.layers",
+    "resolve_layer": "core.layers", "conv_layers": "core.layers",
     # inputs
-    "load_image": "api", "load_input": "inputs", "open_data": "data", "receptive_field_boxes": "api",
+    "load_image": "api", "load_input": "io.inputs", "open_data": "io.sources", "receptive_field_boxes": "api",
     # drawing: tensors in, matplotlib Figures out; save_figure writes one
-    "deconv_grid": "render", "panel_figure": "render_saliency", "occlusion_figure": "render_occlusion",
-    "invariance_figure": "render_occlusion", "save_figure": "imageio",
+    "deconv_grid": "render.deconv", "panel_figure": "render.saliency", "occlusion_figure": "render.occlusion",
+    "invariance_figure": "render.invariance", "save_figure": "io.imageio",
     # errors
-    "VizcnnError": "errors", "BadInputError": "errors", "BadArgumentError": "errors", "UnknownNameError": "errors",
-    "ActivationError": "errors", "ActivationWarning": "errors",
+    "VizcnnError": "core.errors", "BadInputError": "core.errors", "BadArgumentError": "core.errors",
+    "UnknownNameError": "core.errors", "ActivationError": "core.errors", "ActivationWarning": "core.errors",
 }
 
-#: exported under another name: ``vizcnn.saliency`` is the module (importing a submodule
-#: sets the package attribute of its name, so a function there would not stay put)
+#: exported under another name: ``saliency_map`` is ``saliency`` (its name before 0.2)
 _ALIAS = {"saliency_map": "saliency"}
 
 __all__ = sorted(_HOME)
@@ -45,7 +50,7 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), _ALIAS.get(name, name))
         globals()[name] = value  # the next lookup is a plain attribute
         return value
-    try:  # vizcnn.render, vizcnn.layers, ...: submodules work as attributes too
+    try:  # vizcnn.core, vizcnn.methods, ...: subpackages work as attributes too
         return importlib.import_module(f".{name}", __name__)
     except ModuleNotFoundError as e:
         if e.name != f"{__name__}.{name}":
@@ -58,23 +63,24 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from .api import load_image, receptive_field_boxes
-    from .data import open_data
-    from .dataset import scan
-    from .deconv import Activations, project, project_top, top_activations
-    from .errors import (ActivationError, ActivationWarning, BadArgumentError, BadInputError, UnknownNameError,
-                         VizcnnError)
-    from .extract import Extractor
-    from .imageio import save_figure
-    from .inputs import load_input
-    from .invariance import invariance_curves
-    from .layers import LayerTap, conv_layers, friendly_names, layer_geometry, resolve_layer
-    from .models import class_names, get_spec, list_models, load_model
-    from .occlusion import occlude
-    from .render import deconv_grid
-    from .render_occlusion import invariance_figure, occlusion_figure
-    from .render_saliency import panel_figure
-    from .rules import ReverseRules, activation_policy
-    from .saliency import saliency as saliency_map
-    from .sanity import sanity_check
-    from .spectra import filter_spectra
+    from .api import load_image, project_winners, receptive_field_boxes, scan
+    from .core.errors import (ActivationError, ActivationWarning, BadArgumentError, BadInputError, UnknownNameError,
+                              VizcnnError)
+    from .core.extract import Extractor
+    from .core.layers import LayerTap, conv_layers, friendly_names, layer_geometry, resolve_layer
+    from .core.rules import ReverseRules, activation_policy
+    from .io.imageio import save_figure
+    from .io.inputs import load_input
+    from .io.sources import open_data
+    from .methods.deconv import Activations, project, project_top, top_activations
+    from .methods.invariance import invariance_curves
+    from .methods.occlusion import occlude
+    from .methods.saliency import saliency
+    from .methods.saliency import saliency as saliency_map
+    from .methods.sanity import sanity_check
+    from .methods.spectra import filter_spectra
+    from .models.registry import class_names, get_spec, list_models, load_model
+    from .render.deconv import deconv_grid
+    from .render.invariance import invariance_figure
+    from .render.occlusion import occlusion_figure
+    from .render.saliency import panel_figure

@@ -1,7 +1,10 @@
-"""Conveniences for research scripts: an image file as the tensor any model expects, and
-the receptive-field boxes of units, so a script can draw what the CLI draws."""
+"""Conveniences for research scripts, where reading meets computing: an image file as
+the tensor any model expects, the receptive-field boxes of units, and the dataset pass
+over an image collection (``vizcnn.io.sources`` reads, ``vizcnn.methods.scan`` computes).
+The methods themselves never read files; these functions hand them what they read."""
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -10,12 +13,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .deconv import Activations
-from .errors import BadArgumentError, BadInputError
-from .imageio import read_image
-from .inputs import MAX_UPSCALE, fit, normalize
-from .layers import cached_geometry, resolve_layer
-from .models import IMAGENET_MEAN, IMAGENET_STD
+from .core.errors import BadArgumentError, BadInputError
+from .core.layers import cached_geometry, resolve_layer
+from .core.progress import ProgressFn, each
+from .core.state import model_device
+from .io.imageio import read_image
+from .io.inputs import MAX_UPSCALE, fit, normalize
+from .io.sources import ImageSource, load, loader
+from .methods.deconv import Activations
+from .methods.scan import Projection, ScanResult, TopK, backproject_winners, rank_and_world, scan_batches
+from .models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger("vizcnn.data")
 
 
 def load_image(path: str | os.PathLike, size: int | tuple[int, int] = 224, *,
@@ -65,4 +74,44 @@ def receptive_field_boxes(model: nn.Module, x: torch.Tensor, layer: str,
     return [info.box(int(y), int(x_), size[1], size[2]) for y, x_ in units]
 
 
-__all__ = ["load_image", "receptive_field_boxes"]
+def scan(model: nn.Module, source: ImageSource, spec, *, topk_layers: Sequence[str] = (),
+         stats_layers: Sequence[str] = (), top: int = 9, distinct_images: bool = False, batch_size: int = 32,
+         num_workers: int | None = None, group=None, geometry: dict | None = None,
+         progress: ProgressFn | None = None) -> ScanResult:
+    """One pass over ``source``, prepared for ``spec`` (the model's ModelSpec, or anything
+    with ``input_size``, ``mean``, ``std``), on the model's device.
+
+    Computes the top-``top`` activations of every unit of ``topk_layers`` and the
+    statistics of ``stats_layers`` in the same truncated forward per batch. Under an
+    initialised process group (``group``, default the world) each rank reads images
+    rank, rank + world, … and every rank returns the merged result. The model runs in
+    eval mode and is left exactly as it was.
+    """
+    rank, world = rank_and_world(group)
+    device = model_device(model)
+    batches = loader(source, spec, indices=range(rank, len(source), world), batch_size=batch_size,
+                     num_workers=num_workers, pin_memory=device.type == "cuda")
+    shard = len(range(rank, len(source), world))
+    batches = each(progress, f"data pass ({shard} images)", batches, -(-shard // batch_size))
+    return scan_batches(model, batches, tuple(spec.input_size), topk_layers=topk_layers, stats_layers=stats_layers,
+                        top=top, distinct_images=distinct_images, group=group, geometry=geometry)
+
+
+def project_winners(model: nn.Module, source: ImageSource, spec, layer: str, topk: TopK, units: Sequence[int], *,
+                    method: str = "deconvnet", batch_size: int = 64, geometry=None,
+                    progress: ProgressFn | None = None) -> dict[tuple[int, int], Projection]:
+    """The winners of ``units`` (a :class:`TopK` from :func:`scan`) projected back to
+    pixels, each image read again from ``source`` (:func:`vizcnn.methods.scan.backproject_winners`).
+    Winners whose image cannot be read again are left out, with a warning."""
+    def read(i: int):
+        try:
+            return load(source, i, spec)
+        except BadInputError as e:
+            log.warning("cannot re-read winning image %d (%s): %s", i, source.describe(i), e)
+            return None
+
+    return backproject_winners(model, read, tuple(spec.input_size), layer, topk, units, method=method,
+                               batch_size=batch_size, geometry=geometry, progress=progress)
+
+
+__all__ = ["load_image", "receptive_field_boxes", "scan", "project_winners"]

@@ -10,7 +10,7 @@ from collections.abc import Collection
 
 import torch.nn as nn
 
-from vizcnn.errors import BadArgumentError
+from vizcnn.core.errors import BadArgumentError
 
 #: Width of fc6 and fc7 in both papers.
 HIDDEN_FEATURES = 4096

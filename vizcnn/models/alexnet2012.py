@@ -26,7 +26,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from vizcnn.errors import BadArgumentError
+from vizcnn.core.errors import BadArgumentError
 from vizcnn.models._blocks import check_dropout, check_positive_int, classifier, init_gaussian_, paper_lrn
 
 __all__ = ["AlexNet2012", "alexnet2012"]
@@ -81,7 +81,7 @@ class AlexNet2012(nn.Module):
 def alexnet2012(*, num_classes: int = 1000, groups: int = 1, dropout: float = 0.5) -> AlexNet2012:
     """Build the 2012 AlexNet with the paper's init; ``groups=2`` is the two-GPU variant.
 
-    Raises :class:`~vizcnn.errors.BadArgumentError` for a non-positive
+    Raises :class:`~vizcnn.core.errors.BadArgumentError` for a non-positive
     ``num_classes``, ``groups`` outside (1, 2), or ``dropout`` outside [0, 1).
     """
     return AlexNet2012(num_classes=num_classes, groups=groups, dropout=dropout)

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vizcnn.errors import BadArgumentError
+from vizcnn.core.errors import BadArgumentError
 from vizcnn.models._blocks import check_positive_int
 
 __all__ = ["C3_TABLE", "ConnectionTableConv2d", "EuclideanRBF", "LeNet5", "ScaledTanh", "Subsampling", "lenet5"]
@@ -214,7 +214,7 @@ class LeNet5(nn.Module):
 def lenet5(*, num_classes: int = 10, output: str = "rbf") -> LeNet5:
     """Build LeNet-5 with the paper's init; ``output`` is ``"rbf"`` (paper) or ``"linear"``.
 
-    Raises :class:`~vizcnn.errors.BadArgumentError` for a non-positive
+    Raises :class:`~vizcnn.core.errors.BadArgumentError` for a non-positive
     ``num_classes`` or an unknown ``output``.
     """
     return LeNet5(num_classes=num_classes, output=output)

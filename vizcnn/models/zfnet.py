@@ -28,7 +28,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from vizcnn.errors import BadArgumentError
+from vizcnn.core.errors import BadArgumentError
 from vizcnn.models._blocks import check_dropout, check_positive_int, classifier, init_gaussian_, paper_lrn
 
 __all__ = ["ZFNet", "zfnet", "zfnet_map_sizes"]
@@ -176,26 +176,15 @@ class ZFNet(nn.Module):
         return self.classifier(x)
 
 
-def zfnet(
-    *,
-    num_classes: int = 1000,
-    widths: tuple[int, int, int] = (384, 384, 256),
-    conv1: tuple[int, int] = (7, 2),
-    dropout: float = 0.5,
-    channels: tuple[int, int] = (96, 256),
-    hidden: int = 4096,
-    input_size: int = INPUT_SIZE,
-    conv2_stride: int = 2,
-) -> ZFNet:
-    """Build ZFNet with the paper's init.
+def zfnet(**kwargs) -> ZFNet:
+    """Build ZFNet with the paper's init; the keyword arguments are :class:`ZFNet`'s.
 
     ``widths=(512, 1024, 512)`` is the paper's wider variant. ``conv1=(kernel, stride)``
     swaps the first layer's design (padding from :func:`conv1_padding`); the
     classifier's input size follows from :func:`zfnet_map_sizes`.
     ``channels`` (conv1, conv2), ``hidden`` (fc6/fc7), ``input_size`` and ``conv2_stride``
     let the first-layer study train narrower, smaller versions of the same design.
-    Raises :class:`~vizcnn.errors.BadArgumentError` for bad values, including a
+    Raises :class:`~vizcnn.core.errors.BadArgumentError` for bad values, including a
     ``conv1`` that shrinks the input below some layer's window.
     """
-    return ZFNet(num_classes=num_classes, widths=widths, conv1=conv1, dropout=dropout, channels=channels,
-                 hidden=hidden, input_size=input_size, conv2_stride=conv2_stride)
+    return ZFNet(**kwargs)

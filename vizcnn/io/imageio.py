@@ -1,0 +1,659 @@
+"""Reading images and writing result files, safely.
+
+Reading: :func:`read_image` turns any image file OpenCV can decode into a float32
+RGB array in [0, 1], and refuses unusable files with one-line
+:class:`~vizcnn.core.errors.BadInputError` messages. Before decoding it reads the
+declared size from the header (:func:`image_size`) so that a decompression bomb
+(a small file that claims billions of pixels) is refused without allocating
+anything.
+
+Writing: every output goes through :func:`write_atomic`, so a crash or Ctrl-C
+never leaves a half-written PNG/JSON behind and never destroys the previous file.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import io
+import json
+import os
+import re
+import stat
+import struct
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+
+from vizcnn.core.errors import BadArgumentError, BadInputError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+from vizcnn.io.opencv import MAX_PIXELS, cv2
+
+# MAX_PIXELS (from vizcnn.io.opencv, where every OpenCV limit is set before cv2 loads):
+# the default refusal threshold of read_image, in pixels (width × height). 40
+# megapixels covers every camera photo a user would visualise while keeping the
+# worst-case decode (a float32 RGBA copy) under about 700 MB. Files whose header
+# claims more are refused before decoding; pass a larger max_pixels to read a file
+# you trust.
+
+BYTES_PER_PIXEL = 16
+"""File-size bound of :func:`read_image`: a file larger than ``max_pixels`` × this
+(the size of an uncompressed float32 RGBA image at that limit) plus 1 MiB is refused
+before anything but its size is read."""
+
+_HEADER_CACHE = 1 << 16  # bytes read up front; anything further is read on demand
+
+__all__ = [
+    "figure_dpi",
+    "image_size",
+    "read_image",
+    "safe_filename",
+    "save_figure",
+    "write_atomic",
+    "write_json",
+    "write_png",
+]
+
+# Rec. 601 weights, as OpenCV's BGR2GRAY and PIL's "L" conversion use.
+_LUMA_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4/C8/CC: DHT, JPG, DAC
+_BMP_INFO_SIZES = frozenset({16, 40, 52, 56, 64, 108, 124})  # headers with 32-bit width/height
+
+
+def _current_umask() -> int:
+    # There is no portable read-only getter; done once at import, before threads
+    # that could be affected by the momentary change usually exist.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def _show(path: PathLike) -> str:
+    """The path as text for a one-line message (control characters escaped)."""
+    text = os.fsdecode(os.fspath(path))
+    return text if text.isprintable() else repr(text)
+
+
+# --------------------------------------------------------------------- header sizes
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` in pixels as declared by an image file's header.
+
+    Parses PNG (IHDR), JPEG (first SOFn marker), GIF (logical screen), BMP,
+    WebP (VP8, VP8L, VP8X), TIFF/BigTIFF (ImageWidth/ImageLength of the first
+    IFD), PNM/PAM/PFM, Radiance HDR and Sun raster without decoding anything.
+    Returns None for any other format and for a header too short or malformed
+    to read; the numbers are what the file claims, not a promise that it decodes.
+    """
+    parser = _parser(data)
+    if parser is None:
+        return None
+    try:
+        return parser(data)
+    except (struct.error, IndexError, ValueError):  # header cut short or garbled
+        return None
+
+
+def _parser(data) -> Any:
+    """The header parser for ``data``'s format (by its signature), or None if unknown."""
+    if data[:8] == _PNG_SIGNATURE:
+        return _png_size
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return _gif_size
+    if data[:2] == b"BM":
+        return _bmp_size
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_size
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return _tiff_size
+    if data[:1] == b"P" and data[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"f", b"F"):
+        return _pnm_size
+    if data[:10] == b"#?RADIANCE" or data[:6] == b"#?RGBE":
+        return _hdr_size
+    if data[:4] == b"\x59\xa6\x6a\x95":
+        return _sun_size
+    return None
+
+
+def _text_header(data, limit: int = _HEADER_CACHE) -> bytes:
+    return bytes(data[:limit])
+
+
+def _pnm_size(data) -> tuple[int, int] | None:
+    head = _text_header(data)
+    if head[1:2] == b"7":  # PAM: WIDTH/HEIGHT lines up to ENDHDR
+        fields = dict(line.split(None, 1) for line in head.split(b"ENDHDR", 1)[0].splitlines()[1:]
+                      if line.strip() and not line.startswith(b"#") and len(line.split(None, 1)) == 2)
+        return int(fields[b"WIDTH"]), int(fields[b"HEIGHT"])
+    tokens: list[bytes] = []
+    for line in head[2:].splitlines():
+        tokens += line.split(b"#", 1)[0].split()
+        if len(tokens) >= 2:
+            return int(tokens[0]), int(tokens[1])
+    return None
+
+
+def _hdr_size(data) -> tuple[int, int] | None:
+    lines = _text_header(data).split(b"\n")
+    end = lines.index(b"")  # the blank line ending the header; ValueError if missing
+    axes = lines[end + 1].split()
+    if len(axes) != 4 or {axes[0][1:], axes[2][1:]} != {b"X", b"Y"}:
+        return None
+    sizes = {axes[0][1:]: int(axes[1]), axes[2][1:]: int(axes[3])}
+    return sizes[b"X"], sizes[b"Y"]
+
+
+def _sun_size(data) -> tuple[int, int] | None:
+    return struct.unpack(">II", bytes(data[4:12]))
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    # Bounded so that a file of 0xFF fill bytes cannot keep us here for long;
+    # real files reach their SOF within a few dozen segments.
+    for _ in range(10_000):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+        elif marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+        elif marker in (0xD9, 0xDA):  # EOI or start of scan before any frame header
+            return None
+        elif marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        else:
+            (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+            if length < 2:
+                return None
+            i += 2 + length
+    return None
+
+
+def _gif_size(data: bytes) -> tuple[int, int] | None:
+    return struct.unpack("<HH", data[6:10])
+
+
+def _bmp_size(data: bytes) -> tuple[int, int] | None:
+    (header_size,) = struct.unpack("<I", data[14:18])
+    if header_size == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+        return struct.unpack("<HH", data[18:22])
+    if header_size not in _BMP_INFO_SIZES:
+        return None
+    width, height = struct.unpack("<ii", data[18:26])
+    if width < 0:
+        return None
+    return width, abs(height)  # negative height = rows stored top-down
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 30:
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8 ":  # lossy: key-frame header after the 3-byte frame tag
+        if data[23:26] != b"\x9d\x01\x2a":
+            return None
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF  # top 2 bits are scaling hints
+    if chunk == b"VP8L":  # lossless: 14-bit (size - 1) fields after the 0x2f signature
+        if data[20] != 0x2F:
+            return None
+        (bits,) = struct.unpack("<I", data[21:25])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: 24-bit (canvas size - 1)
+        return (
+            int.from_bytes(data[24:27], "little") + 1,
+            int.from_bytes(data[27:30], "little") + 1,
+        )
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    order = "<" if data[:2] == b"II" else ">"
+    (version,) = struct.unpack(order + "H", data[2:4])
+    if version == 42:
+        (ifd,) = struct.unpack(order + "I", data[4:8])
+        (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
+        first, entry_size, value_at = ifd + 2, 12, 8
+    else:  # 43: BigTIFF, 8-byte offsets
+        offset_size, _, ifd = struct.unpack(order + "HHQ", data[4:16])
+        if offset_size != 8:
+            return None
+        (count,) = struct.unpack(order + "Q", data[ifd : ifd + 8])
+        first, entry_size, value_at = ifd + 8, 20, 12
+    found: dict[int, int] = {}
+    for k in range(min(count, 0xFFFF)):
+        at = first + k * entry_size
+        tag, kind = struct.unpack(order + "HH", data[at : at + 4])
+        if tag in (256, 257):  # ImageWidth, ImageLength
+            fmt = {3: "H", 4: "I", 16: "Q"}.get(kind)  # SHORT, LONG, LONG8
+            if fmt is None:
+                return None
+            start = at + value_at
+            found[tag] = struct.unpack(order + fmt, data[start : start + struct.calcsize(fmt)])[0]
+            if len(found) == 2:
+                return found[256], found[257]
+    return None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_image(path: PathLike, *, max_pixels: int = MAX_PIXELS, gray: bool = False) -> np.ndarray:
+    """Read an image file as a float32 array in [0, 1].
+
+    Returns H×W×3 RGB, or with ``gray=True`` H×W×1 luminance (Rec. 601 weights;
+    a grayscale file is returned as is) for single-channel models.
+
+    Conversions: 8-bit samples are divided by 255, 16-bit by 65535, float samples
+    (TIFF, HDR) are clipped to [0, 1] with NaN read as 0. Grayscale is replicated
+    to three channels. An alpha channel is composited over mid grey (0.5), so
+    transparent pixels become neutral instead of black. Palette PNGs come out as
+    colour and CMYK JPEGs as RGB (OpenCV converts both). JPEGs are turned upright
+    according to their EXIF orientation, as every photo viewer shows them; other
+    formats ignore EXIF orientation. Multi-frame files (GIF, TIFF) give their
+    first frame.
+
+    Size limits: ``max_pixels`` is checked against the header before decoding and
+    against the decoded array after. OpenCV applies its own process-wide limit,
+    ``OPENCV_IO_MAX_IMAGE_PIXELS`` (set to :data:`MAX_PIXELS` when this module
+    loads cv2), so a ``max_pixels`` above it also needs that variable raised in
+    the environment before Python starts; the error message says so.
+
+    Truncated files: a PNG whose last chunk runs past the end of the file is
+    refused before decoding. Otherwise OpenCV decides: the 5.0 build this was
+    written against fails on any truncated PNG, JPEG, WebP, TIFF, GIF or BMP
+    (refused here); a build whose decoder returns the part it could decode
+    (older libjpeg paths fill the rest with grey) gives that partial image back
+    without complaint.
+
+    Raises:
+        BadInputError: path missing, a directory, empty, not an image, corrupt, or
+            declaring more than ``max_pixels`` pixels; the message is one line.
+        BadArgumentError: ``max_pixels`` < 1.
+    """
+    if max_pixels < 1:
+        raise BadArgumentError(f"max_pixels must be >= 1, got {max_pixels}")
+    shown = _show(path)
+    with open_regular(path, shown) as file:
+        data = _read_checked(file, shown, max_pixels)
+    if data[:8] == _PNG_SIGNATURE:
+        _check_png_chunks(data, shown)
+    image = _decode(data, shown)
+    _check_pixels(shown, image.shape[1], image.shape[0], max_pixels)  # what the decoder actually made
+    return _to_unit_rgb(image, shown, gray)
+
+
+@contextlib.contextmanager
+def open_regular(path: PathLike, shown: str | None = None, what: str = "file"):
+    """``path`` opened for binary reading if it is a regular file; a FIFO, device,
+    socket or directory is refused at once with a one-line BadInputError (opened
+    non-blocking and checked with ``fstat`` on the open descriptor, so neither a FIFO
+    without a writer nor a swap between check and open can make the read block)."""
+    shown = _show(path) if shown is None else shown
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise BadInputError(f"{shown}: no such file") from None
+    except IsADirectoryError:
+        raise BadInputError(f"{shown}: is a directory, not an image file" if what == "file"
+                            else f"{shown}: is a directory, not a {what}") from None
+    except (OSError, ValueError) as exc:  # ValueError: NUL byte in the path
+        raise BadInputError(f"{shown}: cannot read: {_reason(exc)}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise BadInputError(f"{shown}: is a directory, not an image file" if what == "file"
+                                else f"{shown}: is a directory, not a {what}")
+        if not stat.S_ISREG(mode):
+            raise BadInputError(f"{shown}: not a regular file (a FIFO, device or socket is never read)")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        file = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with file:
+        yield file
+
+
+class _FileView:
+    """An open file seen as a read-only byte string: ``view[a:b]`` and ``view[i]`` read
+    only those bytes (the first 64 KiB are cached), so header parsers can follow
+    offsets (TIFF's IFD, JPEG's segments) without the file being read whole."""
+
+    def __init__(self, file, size: int):
+        self.file, self.size = file, size
+        self.head = file.read(min(size, _HEADER_CACHE))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            got = self[key:key + 1]
+            if not got:
+                raise IndexError(key)
+            return got[0]
+        start, stop, _ = key.indices(self.size)
+        if stop <= len(self.head):
+            return self.head[start:stop]
+        if stop <= start:
+            return b""
+        self.file.seek(start)
+        return self.file.read(min(stop - start, 1 << 24))
+
+
+def _read_checked(file, shown: str, max_pixels: int) -> bytes:
+    """The whole file, read only after its size and its header's declared pixel count passed."""
+    size = os.fstat(file.fileno()).st_size
+    if size == 0:
+        raise BadInputError(f"{shown}: empty file")
+    max_bytes = max_pixels * BYTES_PER_PIXEL + (1 << 20)
+    if size > max_bytes:
+        raise BadInputError(f"{shown}: refusing to read a {size}-byte file: more than {max_bytes} bytes, the most "
+                            f"an image of max_pixels = {max_pixels} needs; raise max_pixels if you trust this file")
+    view = _FileView(file, size)
+    if _parser(view) is None:
+        raise BadInputError(f"{shown}: cannot decode image: not an image, or a format whose size cannot be read "
+                            "from its header (read: PNG, JPEG, GIF, BMP, WebP, TIFF, PNM/PAM/PFM, Radiance HDR, Sun raster)")
+    declared = image_size(view)
+    if declared is None:
+        raise BadInputError(f"{shown}: cannot decode image: corrupt or truncated header (no readable width and height)")
+    _check_pixels(shown, *declared, max_pixels)
+    file.seek(0)
+    try:
+        data = file.read()
+    except OSError as exc:
+        raise BadInputError(f"{shown}: cannot read: {_reason(exc)}") from None
+    if not data:
+        raise BadInputError(f"{shown}: empty file")
+    return data
+
+
+def _check_pixels(shown: str, width: int, height: int, max_pixels: int) -> None:
+    pixels = width * height
+    if pixels > max_pixels:
+        raise BadInputError(
+            f"{shown}: refusing to decode {width}×{height} = {pixels} pixels > max_pixels"
+            f" = {max_pixels}; raise max_pixels if you trust this file"
+        )
+
+
+def _check_png_chunks(data: bytes, shown: str) -> None:
+    """Refuse a PNG whose chunk lengths run past the end of the file.
+
+    OpenCV 5.0 allocates whatever length a chunk claims before reading it, so a
+    100-byte file with a corrupt length field costs up to 4 GB and seconds.
+    """
+    at = 8
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        if at + 12 + length > len(data):
+            raise BadInputError(
+                f"{shown}: corrupt or truncated PNG: chunk {kind!r} at byte {at} claims {length} bytes,"
+                f" the file has {max(len(data) - at - 12, 0)} left"
+            )
+        if kind == b"IEND":
+            return
+        at += 12 + length
+
+
+def _decode(data: bytes, shown: str) -> np.ndarray:
+    # IMREAD_UNCHANGED keeps 16-bit samples, alpha and grayscale as they are, but
+    # also skips EXIF orientation. JPEG has no alpha and (here) 8-bit samples, so
+    # for it ANYCOLOR|ANYDEPTH loses nothing and applies the orientation phones write.
+    if data[:2] == b"\xff\xd8":
+        flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
+    else:
+        flags = cv2.IMREAD_UNCHANGED
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except Exception as exc:  # cv2.error, MemoryError, ...: all mean "cannot decode this file"
+        if "MAX_IMAGE" in str(exc):
+            limit = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", "its default")
+            raise BadInputError(
+                f"{shown}: refusing to decode: the image exceeds OpenCV's size limit"
+                f" (OPENCV_IO_MAX_IMAGE_PIXELS = {limit}, read when cv2 is loaded);"
+                " set that variable before starting Python if you trust this file"
+            ) from None
+        raise BadInputError(f"{shown}: cannot decode image: {_reason(exc)}") from None
+    if image is None or image.size == 0:
+        raise BadInputError(f"{shown}: not an image, or corrupt or truncated (OpenCV cannot decode it)")
+    return image
+
+
+def _to_unit_rgb(image: np.ndarray, shown: str, gray: bool) -> np.ndarray:
+    """OpenCV's H×W[×C] BGR(A)/gray array of any depth -> float32 RGB or luminance in [0, 1]."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
+        raise BadInputError(f"{shown}: unsupported image layout {image.shape} (expected 1 to 4 channels)")
+
+    kind = image.dtype
+    if kind == np.uint8 or kind == np.uint16 or kind == np.uint32:
+        unit = (image / np.float32(np.iinfo(kind).max)).astype(np.float32, copy=False)
+    elif np.issubdtype(kind, np.floating):
+        unit = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        np.clip(unit, 0.0, 1.0, out=unit)
+    else:
+        raise BadInputError(f"{shown}: unsupported sample type {kind} (expected unsigned integers or floats)")
+
+    if image.shape[2] in (2, 4):  # gray+alpha or BGRA
+        alpha = unit[:, :, -1:]
+        unit = unit[:, :, :-1] * alpha + np.float32(0.5) * (1.0 - alpha)
+    if unit.shape[2] == 3:
+        unit = unit[:, :, ::-1]  # BGR -> RGB
+        if gray:
+            unit = (unit @ _LUMA_RGB)[:, :, None]
+    elif not gray:
+        unit = np.repeat(unit, 3, axis=2)
+    return np.ascontiguousarray(unit, dtype=np.float32)
+
+
+def _reason(exc: BaseException) -> str:
+    """A short one-line reason for an OSError or OpenCV exception."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = getattr(exc, "err", None) or str(exc) or type(exc).__name__  # cv2.error.err: message only
+    return " ".join(str(text).split())
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_atomic(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    The bytes go to a hidden temporary file in the same folder, are flushed to
+    disk, then renamed over ``path``. On any failure or interruption
+    (KeyboardInterrupt included) the temporary file is removed and a previous
+    file at ``path`` is left as it was. A new file gets the usual permissions
+    (0o666 minus the umask); a replaced one keeps its own. A symlink at ``path``
+    is replaced by the file, not written through.
+
+    Raises:
+        BadInputError: the folder is missing or not writable, ``path`` is a folder,
+            or the disk is full; the message is one line.
+    """
+    shown = _show(path)
+    target = os.fspath(path)
+    folder = os.path.dirname(target) or os.curdir
+    name = os.path.basename(target)
+    if not name or os.path.isdir(target):
+        raise BadInputError(f"{shown}: cannot write: is a directory, not a file name")
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        mode = 0o666 & ~_UMASK
+    try:
+        # Name capped so that prefix + random part + suffix stays within NAME_MAX.
+        tmp = tempfile.NamedTemporaryFile(dir=folder, delete=False, prefix="." + name[:100] + ".", suffix=".tmp")
+    except FileNotFoundError:
+        raise BadInputError(f"{shown}: cannot write: folder {_show(folder)} does not exist") from None
+    except OSError as exc:
+        raise BadInputError(f"{shown}: cannot write into folder {_show(folder)}: {_reason(exc)}") from None
+    try:
+        with tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp.name, mode)  # NamedTemporaryFile creates 0o600
+        os.replace(tmp.name, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp.name)
+        if isinstance(exc, OSError):
+            raise BadInputError(f"{shown}: cannot write: {_reason(exc)}") from None
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: str) -> None:
+    # Makes the rename itself durable on POSIX; folders cannot be opened on Windows.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_png(path: PathLike, rgb: np.ndarray) -> None:
+    """Write an H×W×3 RGB image (float in [0, 1], or uint8) as a PNG file, atomically.
+
+    Float values outside [0, 1] are clipped and rounded to the nearest of 256
+    levels. The content is PNG whatever the suffix of ``path``.
+
+    Raises:
+        BadArgumentError: not an H×W×3 array of floats or uint8.
+        BadInputError: NaN or infinite values, or the file cannot be written.
+    """
+    shown = _show(path)
+    array = np.asarray(rgb)
+    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise BadArgumentError(f"{shown}: write_png expects an H×W×3 array, got shape {array.shape}")
+    if array.dtype == np.uint8:
+        levels = array
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise BadInputError(f"{shown}: image to write contains NaN or infinite values")
+        levels = np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    else:
+        raise BadArgumentError(f"{shown}: write_png expects float or uint8 values, got {array.dtype}")
+    try:
+        ok, encoded = cv2.imencode(".png", np.ascontiguousarray(levels[:, :, ::-1]))
+    except cv2.error as exc:
+        raise BadInputError(f"{shown}: cannot encode PNG: {_reason(exc)}") from None
+    if not ok:
+        raise BadInputError(f"{shown}: cannot encode PNG of shape {array.shape}")
+    write_atomic(path, encoded.tobytes())
+
+
+_FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+#: The dpi of figures saved without an explicit one; set for a block by :func:`figure_dpi`.
+_FIGURE_DPI: contextvars.ContextVar[int] = contextvars.ContextVar("vizcnn_figure_dpi", default=100)
+
+
+@contextlib.contextmanager
+def figure_dpi(dpi: int):
+    """Inside the ``with`` block, every :func:`save_figure` call that passes no ``dpi``
+    uses this one (default 100 outside): one setting for all the figures of a run, e.g.
+    ``vizcnn report --dpi``, without threading it through every writer.
+
+    Raises:
+        BadArgumentError: ``dpi`` is not an integer >= 1.
+    """
+    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
+        raise BadArgumentError(f"dpi must be an integer >= 1, got {dpi!r}")
+    token = _FIGURE_DPI.set(dpi)
+    try:
+        yield
+    finally:
+        _FIGURE_DPI.reset(token)
+
+
+def save_figure(fig: Figure, path: PathLike, *, dpi: int | None = None) -> None:
+    """Save a matplotlib Figure atomically; the format follows the suffix (.png, .pdf, .svg).
+
+    The figure is rendered in memory first, so a failing render leaves no file.
+    ``dpi`` is dots per inch (it sets the pixel size of a PNG); None: 100, or the
+    value of an enclosing :func:`figure_dpi` block.
+
+    Raises:
+        BadArgumentError: unsupported suffix or dpi < 1.
+        BadInputError: the file cannot be written.
+    """
+    shown = _show(path)
+    suffix = Path(os.fsdecode(os.fspath(path))).suffix.lower()
+    if suffix.lstrip(".") not in _FIGURE_FORMATS:
+        choices = ", ".join("." + f for f in _FIGURE_FORMATS)
+        raise BadArgumentError(f"{shown}: unsupported figure format {suffix or '(no suffix)'!r}; choices: {choices}")
+    if dpi is None:
+        dpi = _FIGURE_DPI.get()
+    if dpi < 1:
+        raise BadArgumentError(f"dpi must be >= 1, got {dpi}")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=suffix.lstrip("."), dpi=dpi)
+    write_atomic(path, buffer.getvalue())
+
+
+def write_json(path: PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON plus a final newline, atomically.
+
+    ``obj`` must be plain Python (dict, list, str, int, float, bool, None): convert
+    numpy and torch scalars first (``.item()``); anything else raises TypeError,
+    as a programming error should.
+
+    Raises:
+        BadInputError: ``obj`` contains NaN or infinity (invalid JSON) or a
+            circular reference, or the file cannot be written.
+    """
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False)
+    except ValueError as exc:
+        raise BadInputError(f"{_show(path)}: cannot write JSON: {exc}") from None
+    write_atomic(path, (text + "\n").encode("utf-8"))
+
+
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_filename(name: str) -> str:
+    """A layer or class name made safe as one file-name component.
+
+    Keeps ASCII letters, digits, ``.``, ``_`` and ``-``; every other character
+    (path separators, ``:``, spaces, non-ASCII) becomes ``_``. Leading dots are
+    dropped so the result is never ``.``, ``..`` or a hidden file; at most 100
+    characters; never empty (``"_"``). ``"layer3.1"`` stays ``"layer3.1"``.
+    """
+    cleaned = _UNSAFE_CHARS.sub("_", name).lstrip(".")[:100]
+    return cleaned or "_"
