@@ -219,14 +219,21 @@ RSS_BOUND = 1.5e9  # bytes
 AS_SAFETY_NET = 8 << 30  # a regression fails its test instead of taking the machine down
 
 
-_REPORT_PEAK = ("import atexit, resource, sys\n"
-                "atexit.register(lambda: sys.stderr.write("
-                "f'\\nPEAK_RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n'))\n")
+# The child's own peak: VmHWM, its address space's high-water RSS (kB), which starts afresh at
+# exec. Not getrusage(RUSAGE_SELF).ru_maxrss: Linux carries the pre-exec peak over exec, and the
+# forked child's pre-exec image counts the parent's whole RSS, so a big pytest parent (~2 GB
+# late in the full suite) failed every bound below while each test passed alone.
+_REPORT_PEAK = ("import atexit, sys\n"
+                "def _vm_hwm():\n"
+                "    with open('/proc/self/status') as f:\n"
+                "        return next(line.split()[1] for line in f if line.startswith('VmHWM:'))\n"
+                "atexit.register(lambda: sys.stderr.write(f'\\nPEAK_RSS {_vm_hwm()}\\n'))\n")
 
 
 def _python(code: str, *args: str, timeout: float = 240) -> tuple[subprocess.CompletedProcess, float]:
     """Runs ``code`` in a fresh interpreter under an address-space cap; returns the result
-    and the child's own peak RSS in bytes (it reports it at exit)."""
+    and the child's own peak RSS in bytes (it reports its VmHWM at exit: only what ``code``
+    made resident, none of this process's memory)."""
 
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (AS_SAFETY_NET, AS_SAFETY_NET))
