@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from vizcnn.methods.study import PRESETS, build, design_name, parse_designs
 
 
 def images_per_second(preset, conv1, device, steps: int, warmup: int = 3) -> float:
-    stream = open_stream(preset, None, seed=0, device=device)
+    stream = open_stream(replace(preset, steps=warmup + steps), None, seed=0, device=device)  # enough batches
     model = build(preset, conv1, seed=0).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

@@ -45,7 +45,7 @@ def filters(model, layer, size, weights, seed, out, force, as_json):
     folder = output_folder(out or default_out, "filters", force=force)
     summary = write_filters(folder, net, model, layer, size=size,
                             extra={"weights": str(weights), "seed": seed if weights == "random" else None,
-                                   "out": str(folder.root)})
+                                   "out": str(folder.final)})
     af, bands = summary["alias_fraction"], summary["bands"]["fractions"]
     echo_summary(summary, as_json,
                  f"{model} {summary['layer']} ({summary['module']}): {summary['filters']} filters, "

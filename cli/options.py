@@ -72,7 +72,7 @@ def default_weights(model: str, weights: str) -> str:
 def echo_summary(summary: dict, as_json: bool, text: str, out=None) -> None:
     """``text`` on stdout, or with --json the summary, naming its output folder ``out``."""
     if as_json and out is not None:
-        summary = {**summary, "out": str(getattr(out, "root", out))}
+        summary = {**summary, "out": str(getattr(out, "final", out))}
     click.echo(json.dumps(summary, indent=2) if as_json else text)
 
 
@@ -144,4 +144,4 @@ class ImageRun:
         self.out = output_folder(out or Path("vizcnn-out") / f"{command}-{model}-{Path(image).stem}", command,
                                  force=force)
         self.extra = {"weights": str(self.weights), "image": str(image), "device": str(self.device),
-                      "out": str(self.out.root), **policy_fields()}
+                      "out": str(self.out.final), **policy_fields()}

@@ -87,7 +87,7 @@ def report(model, image, data, layers, top, units, limit, workers, steps, dpi, f
         resolve_layer(net, name)
     check_finite(net, x[None].to(dev) if x.dim() == 3 else x.to(dev))  # before any folder or figure
     folder = output_folder(out or Path("vizcnn-out") / f"report-{model}-{Path(image).stem}", "report", force=force)
-    extra = {"weights": str(weights), "seed": seed, "image": str(image), "device": str(dev), "out": str(folder.root),
+    extra = {"weights": str(weights), "seed": seed, "image": str(image), "device": str(dev), "out": str(folder.final),
              **policy_fields()}
     if data is not None:
         extra["data"] = str(data)

@@ -43,7 +43,7 @@ def test_deconv_writes_grids_and_summary(tmp_path, samples_dir):
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["out"] == str(out)
     assert [entry["layer"] for entry in summary["layers"]] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
-    assert sorted(os.listdir(out)) == sorted(summary["files"] + ["summary.json"])
+    assert sorted(os.listdir(out)) == sorted(summary["files"] + ["summary.json", ".vizcnn-manifest.json"])
     for entry in summary["layers"]:
         assert (out / entry["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert len(entry["units"]) == 9
@@ -65,7 +65,7 @@ def test_deconv_options_and_rerun_into_same_folder(tmp_path, samples_dir):
     summary = json.loads(second.stdout)
     assert [u["channel"] for u in summary["layers"][0]["units"]] == [4] and summary["method"] == "guided"
     # the earlier run's files that this run did not write are gone: one run per folder
-    assert sorted(os.listdir(out)) == ["deconv_c3.png", "summary.json"]
+    assert sorted(os.listdir(out)) == [".vizcnn-manifest.json", "deconv_c3.png", "summary.json"]
 
 
 @pytest.mark.parametrize("args,fragments", [
@@ -99,7 +99,7 @@ def test_deconv_bad_files_and_folders(tmp_path, samples_dir):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "thesis.tex").write_text("precious")
-    assert_usage_error(run("deconv", "alexnet", cat, "--weights", "random", "--out", busy), "not empty", "--force")
+    assert_usage_error(run("deconv", "alexnet", cat, "--weights", "random", "--out", busy), "did not write", "--force")
     assert os.listdir(busy) == ["thesis.tex"]
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
@@ -176,7 +176,7 @@ def test_saliency_methods_repeat_and_text_counts_summary(tmp_path, samples_dir):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == {"gradient", "guided"} and "panel.png" in summary["files"]
-    n = len(os.listdir(out))
+    n = len([f for f in os.listdir(out) if not f.startswith(".")])  # the manifest is vizcnn's bookkeeping
     assert f"wrote {n} files to {out}" in result.output
 
 

