@@ -330,7 +330,7 @@ def test_cli_saliency_all(tmp_path, samples_dir):
     assert set(summary["methods"]) == set(METHODS)
     expected = {f"{m}_{kind}.png" for m in METHODS for kind in ("map", "overlay")} | {"panel.png"}
     assert set(summary["files"]) == expected
-    assert {p.name for p in out.iterdir()} == expected | {"summary.json"}
+    assert {p.name for p in out.iterdir()} == expected | {"summary.json", ".vizcnn-manifest.json"}
     assert summary["methods"]["gradcam"]["layer"] == "act3"
 
 

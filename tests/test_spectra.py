@@ -281,7 +281,7 @@ def test_filters_cli_on_alexnet(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary == json.loads((out / "summary.json").read_text())
-    assert sorted(os.listdir(out)) == sorted(summary["files"] + ["summary.json"])
+    assert sorted(os.listdir(out)) == sorted(summary["files"] + ["summary.json", ".vizcnn-manifest.json"])
     assert set(summary["files"]) == {"filters.png", "spectra.png", "spectra_summary.png"}
     for name in summary["files"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
