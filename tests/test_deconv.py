@@ -214,6 +214,44 @@ def test_inplace_and_reused_relus_equal_plain_rewrite(method):
     assert rules.relu_calls == 5
 
 
+class _TwiceInPlace(nn.Module):
+    """One in-place ReLU module called twice, the second time straight on its own output:
+    autograd's relu_ keeps its output for the backward, which the second call overwrites."""
+
+    def __init__(self, inplace: bool = True):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 5, 3, padding=1)
+        self.act = nn.ReLU(inplace=inplace)
+
+    def forward(self, x):
+        x = self.act(self.act(self.c1(x)))
+        return self.act(self.c2(x) - 0.05)
+
+
+@pytest.mark.parametrize("layer", ["act:1", "act:2"])
+def test_gradient_at_a_reused_in_place_relu_equals_autograd(layer):
+    """method="gradient" at (or after) the second call of one in-place ReLU module (a
+    hypothesis find: "modified by an inplace operation") equals torch.autograd.grad on an
+    out-of-place copy of the model; the other methods run too."""
+    torch.manual_seed(0)
+    model = _TwiceInPlace().eval()
+    plain = _TwiceInPlace(inplace=False).eval()
+    plain.load_state_dict(model.state_dict())
+    x = image(3, 12)
+    ref_layer = {"act:1": lambda t: plain.act(plain.act(plain.c1(t))),
+                 "act:2": lambda t: plain.act(plain.c2(plain.act(plain.act(plain.c1(t)))) - 0.05)}[layer]
+    for channel in range(3):
+        leaf = x.clone().requires_grad_(True)
+        act = ref_layer(leaf)[0, channel]
+        y, x_ = divmod(int(act.argmax()), act.shape[-1])
+        (grad,) = torch.autograd.grad(act[y, x_], leaf)
+        got = vizcnn.project(model, x, layer, channel, (y, x_), method="gradient")
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(got, act[y, x_].detach() * grad[0], rtol=1e-5, atol=1e-6)
+    for method in ("deconvnet", "guided"):
+        assert torch.isfinite(vizcnn.project(model, x, layer, [0, 1], method=method)).all()
+
+
 def test_batched_projection_equals_one_by_one_and_picks_the_maximum():
     model = cached("alexnet-2012")
     x = image(3, 99)

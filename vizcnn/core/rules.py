@@ -199,11 +199,20 @@ class _Rectify(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, run: Callable[[], torch.Tensor], rule: str, upper: float,
-                inplace: bool) -> torch.Tensor:
-        out = run()
+                inplace: bool, nan_passes: bool = True) -> torch.Tensor:
         ctx.rule = rule
+        out = run()
         if inplace:
             ctx.mark_dirty(x)
+        if rule == "gradient":
+            # autograd's own in-place backward, bit for bit, from a private mask of the output:
+            # the built-in one keeps the output itself, which a later in-place op (the same
+            # in-place ReLU module called again on it) overwrites. Inside (0, u) passes; a NaN
+            # passes except through clamp (``nan_passes``: PyTorch's formulas differ there).
+            mask = ~(out <= 0) if nan_passes else out > 0
+            if upper != math.inf:
+                mask &= ~(out >= upper) if nan_passes else out < upper
+            ctx.save_for_backward(mask)
         if rule == "guided":  # where the forward let the signal through: 0 < f < upper
             mask = out > 0
             if upper != math.inf:
@@ -214,9 +223,18 @@ class _Rectify(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         if ctx.rule == "deconvnet":
-            return grad.clamp_min(0), None, None, None, None
+            return grad.clamp_min(0), None, None, None, None, None
         (mask,) = ctx.saved_tensors
-        return grad.clamp_min(0) * mask, None, None, None, None
+        if ctx.rule == "gradient":
+            return torch.where(mask, grad, 0), None, None, None, None, None
+        return grad.clamp_min(0) * mask, None, None, None, None, None
+
+
+def _saved_tensor_hooks_active() -> bool:
+    """Whether saved-tensors hooks are active (checkpointing, offloading); True where this
+    torch cannot say (the gradient then keeps autograd's own backward everywhere)."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top is None or top(False) is not None
 
 
 def _straight_through(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -306,7 +324,11 @@ class ReverseRules(TorchFunctionMode):
             if r is not None:
                 self.rectifiers[r.name] += 1
                 x = args[0]
-                if self.method != "gradient" and x.requires_grad and torch.is_grad_enabled():
+                # the gradient keeps autograd's backward, except in place (see _Rectify) outside
+                # saved-tensor hooks (activation checkpointing recomputes without this mode and
+                # wants the same saved tensors)
+                ruled = self.method != "gradient" or (r.inplace and not _saved_tensor_hooks_active())
+                if ruled and x.requires_grad and torch.is_grad_enabled():
                     return self._rectify(func, args, kwargs, r)
                 return func(*args, **kwargs)
         if func in _UNRULED or func in _SIGNATURES:
@@ -330,9 +352,10 @@ class ReverseRules(TorchFunctionMode):
             # autograd cannot mark a view dirty from a custom function: rectify a copy and
             # write it back (autograd records the copy, so the gradient flows through the rule)
             y = _Rectify.apply(x, lambda: func(x.detach().clone(), *args[1:], **kwargs), self.method, r.upper,
-                               False)
+                               False, not r.name.startswith("clamp"))
             return x.copy_(y)
-        return _Rectify.apply(x, lambda: func(*args, **kwargs), self.method, r.upper, r.inplace)
+        return _Rectify.apply(x, lambda: func(*args, **kwargs), self.method, r.upper, r.inplace,
+                              not r.name.startswith("clamp"))
 
     # ----------------------------------------------------------------------- reporting
 
