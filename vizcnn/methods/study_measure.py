@@ -259,8 +259,8 @@ def measure(model: nn.Module, name: str, spec, probe: torch.Tensor, read: Callab
     units = sorted(best.argsort(descending=True)[:LAYER2_UNITS].tolist())
     winners = backproject_winners(model, read, tuple(spec.input_size), "conv2", scan.topk["conv2"], units)
     items = _projection_aliasing(winners, conv1[1])
-    own = _weighted(items["own"], items["energy"])
-    shared = _weighted(items["shared"], items["energy"])
+    own = mean_normal(items["own"], items["energy"])["mean"]  # energy-weighted, 0 when nothing projected
+    shared = mean_normal(items["shared"], items["energy"])["mean"]
     filters = spectra["filters"]
     structure = spectra["structure"]
     counts = {"filters": filters, "dead_conv1": dead["conv1"], "mid": spectra["bands"]["counts"]["mid"],
@@ -279,11 +279,6 @@ def measure(model: nn.Module, name: str, spec, probe: torch.Tensor, read: Callab
         metrics["top1"], metrics["top5"] = top1, top5
         counts.update(heldout=n, top1_correct=round(top1 * n), top5_correct=round(top5 * n))
     return ModelResult(name, conv1, seed, metrics, counts, spectra, dead), Layer2Winners(units, winners, own, shared)
-
-
-def _weighted(values: list[float], weights: list[float]) -> float:
-    total = sum(weights)
-    return sum(v * w for v, w in zip(values, weights)) / total if total > 0 else 0.0
 
 
 def _projection_aliasing(winners: dict, stride: int) -> dict[str, list[float]]:
