@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from vizcnn.core.state import resolve_device
-from vizcnn.io.streams import open_stream
-from vizcnn.methods.study import PRESETS, build, design_name, parse_designs
+from vizcnn.study.data import open_stream
+from vizcnn.study.train import PRESETS, build, design_name, parse_designs
 
 
 def images_per_second(preset, conv1, device, steps: int, warmup: int = 3) -> float:

@@ -52,9 +52,9 @@ def study(name, preset, data, seeds, trained, designs, steps, no_renorm, seed, d
 
     from vizcnn.core.state import resolve_device
     from vizcnn.io.output import OutputDir
-    from vizcnn.methods.study import PRESETS, parse_designs
-    from vizcnn.render.study import claims_markdown
-    from vizcnn.writers.study import run_study, run_trained
+    from vizcnn.study.train import PRESETS, parse_designs
+    from vizcnn.study.figures import claims_markdown
+    from vizcnn.study.run import run_study, run_trained
 
     chosen = PRESETS[preset]
     if steps is not None:  # a shorter or longer budget keeps the Fig. 4 snapshots that fit, and the last step

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from vizcnn.core.stats import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, difference_ci, fmt, mean_ci, mean_normal,
+from vizcnn.study.stats import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, difference_ci, fmt, mean_ci, mean_normal,
                                paired_ci, verdict, wilson)
 
 

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from vizcnn.core.errors import BadArgumentError
-from vizcnn.io.fractals import FractalSource
-from vizcnn.io.streams import FractalStream
-from vizcnn.methods.study import PRESETS, build, parse_designs, renormalize_, train
+from vizcnn.study.fractals import FractalSource
+from vizcnn.study.data import FractalStream
+from vizcnn.study.train import PRESETS, build, parse_designs, renormalize_, train
 
 
 def test_ci_preset_end_to_end(tmp_path):
@@ -84,7 +84,7 @@ def test_two_seeds_on_a_class_folder_give_per_seed_values_intervals_and_paired_v
 
 
 def test_the_same_seed_gives_every_design_the_same_batches_and_holds_out_a_fixed_split(tmp_path):
-    from vizcnn.io.streams import SourceStream
+    from vizcnn.study.data import SourceStream
 
     data = _class_folder(tmp_path / "data", per_class=12)
     preset = replace(PRESETS["ci"], steps=5, batch=4, workers=2)

@@ -13,7 +13,7 @@ import torch
 
 from ..core.errors import BadInputError
 from .fractals import FractalSource
-from .sources import ImageSource, loader, open_data
+from ..io.sources import ImageSource, loader, open_data
 
 
 class Recipe(Protocol):

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..core.stats import NOT_REPRODUCED, REPRODUCED, fmt
-from ..methods.study_measure import METRICS
-from .common import as_display
+from .stats import NOT_REPRODUCED, REPRODUCED, fmt
+from .measure import METRICS
+from ..render.common import as_display
 
 if TYPE_CHECKING:
-    from ..methods.study_measure import ModelResult
+    from .measure import ModelResult
 
 
 def claims_figure(summary: dict, subtitle: str) -> Figure:

@@ -17,12 +17,12 @@ from ..core.extract import Extractor
 from ..core.layers import feeding_weight, layer_geometry
 from ..core.rules import ReverseRules
 from ..core.state import model_device, preserved_model
-from ..core.stats import INCONCLUSIVE, difference_ci, mean_ci, mean_normal, paired_ci, verdict, wilson
+from .stats import INCONCLUSIVE, difference_ci, mean_ci, mean_normal, paired_ci, verdict, wilson
 from ..models.registry import get_spec
-from .deconv import backproject, forward_to, strongest
-from .scan import backproject_winners, scan_batches
-from .spectra import filter_spectra, summarize
-from .study import Preset, evaluate
+from ..methods.deconv import backproject, forward_to, strongest
+from ..methods.scan import backproject_winners, scan_batches
+from ..methods.spectra import filter_spectra, summarize
+from .train import Preset, evaluate
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 

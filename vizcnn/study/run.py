@@ -26,15 +26,15 @@ from ..core.errors import BadArgumentError
 from ..io.imageio import safe_filename, save_figure
 from ..io.output import OutputDir
 from ..io.sources import TensorSource, load
-from ..io.streams import open_stream
-from ..methods.study import Preset, build, design_name, train
-from ..methods.study_measure import (Layer2Winners, ModelResult, evolution_crops, first_conv_weight, measure, normalise,
+from .data import open_stream
+from .train import Preset, build, design_name, train
+from .measure import (Layer2Winners, ModelResult, evolution_crops, first_conv_weight, measure, normalise,
                                      output_count, study_spec, summarise)
 from ..models.registry import get_spec, load_model
 from ..render.common import as_display
 from ..render.dataset import topk_page
 from ..render.filters import filter_grid
-from ..render.study import claims_figure, curves_figure, evolution_figure, frequency_figure, report_markdown
+from .figures import claims_figure, curves_figure, evolution_figure, frequency_figure, report_markdown
 
 
 def run_study(out: OutputDir, preset: Preset, designs: list[tuple[int, int]], *, seed: int = 0, seeds: int = 1,
