@@ -174,8 +174,8 @@ def test_summary_bands_coverage_and_entropy():
     assert numbers["filters"] == 4 and numbers["stride"] == [2, 2] and numbers["nyquist"] == [0.25, 0.25]
     assert numbers["alias_fraction"]["noise_expected"] == 0.75
     noise_bands = numbers["bands"]["noise_expected"]  # the bands' shares of the frequency grid
-    assert noise_bands["low"] == pytest.approx(math.pi / 64, abs=0.01)
-    assert noise_bands["mid"] == pytest.approx(math.pi * 3 / 64, abs=0.01)
+    assert noise_bands["low"] == pytest.approx(math.pi / 36, abs=0.01)  # a disc of radius 1/6
+    assert noise_bands["mid"] == pytest.approx(math.pi * 3 / 36, abs=0.01)  # the ring 1/6 to 1/3
     assert [f["band"] for f in per_filter(s)] == ["low", "low", "mid", "high"]
     assert sum(numbers["frequency_histogram"]["counts"]) == 4
     json.dumps(numbers)  # plain Python only

@@ -31,11 +31,15 @@ Conventions, chosen so that each number means what the paper's sentences mean:
   bin of ``P`` (``peak_frequency``, 0 for a filter whose peak is its DC term), and the
   power-weighted mean radial frequency over the grid (``mean_frequency``; white noise
   gives about 0.383, the mean distance from the centre of the unit square).
-* **Frequency bands** (``BANDS``): low ``< 1/8`` (periods longer than 8 px), mid
-  ``[1/8, 1/4)`` (periods of 4 to 8 px), high ``>= 1/4`` (periods under 4 px, up to the
-  corner of the grid at ``sqrt(2)/2``). Mid-frequency coverage is the fraction of
-  filters whose peak lies in the mid band, and the normalised entropy of the histogram
-  of peaks in bins of 1/16 cycles/px (0: all peaks in one bin, 1: evenly spread).
+* **Frequency bands** (``BANDS``): low ``< 1/6`` (periods longer than 6 px), mid
+  ``[1/6, 1/3)`` (periods of 3 to 6 px), extreme-high ``>= 1/3`` (periods under 3 px, up
+  to the corner of the grid at ``sqrt(2)/2``). The edges are fixed in advance and belong
+  to neither design of the ZFNet study: they are not the Nyquist frequencies of its
+  strides (1/8 at stride 4, 1/4 at stride 2), so a filter's band says where its energy
+  sits in the image, not which side of its own stride's limit it falls. Mid-frequency
+  coverage is the fraction of filters whose peak lies in the mid band, and the
+  normalised entropy of the histogram of peaks in bins of 1/16 cycles/px (0: all peaks in
+  one bin, 1: evenly spread).
 * **Structure**: spectral flatness ``exp(mean log P) / mean P`` (1 for a flat
   spectrum, towards 0 for power concentrated in a few frequencies), compared with the
   flatness of seeded white-Gaussian filters of the same shape (same number of active
@@ -49,6 +53,29 @@ Conventions, chosen so that each number means what the paper's sentences mean:
   sigma k/6-k/3) have flatness under 0.01 at 7x7 and 11x11 and are all structured. It
   is the weights-only view of "dead" filters: a filter that training left as noise, or
   shrank to nothing, is unstructured (activation-based deadness is ``dead-filters``'s).
+* **Effective filter** (:func:`effective_filters`): what the data can train. When grey
+  images are fed as C equal channels, a filter's response is ``(sum_c w_c) * x``: only
+  the channel sum sees the data. The colour differences never receive a gradient and
+  stay initialisation noise, which would otherwise count as "energy" at every
+  frequency. So for a grey-input model the dominant frequency, the bands and the
+  structure are measured on the channel sum (one channel); for colour input the weight
+  is its own effective filter. A layer whose C channels are identical (the shipped
+  Fashion-MNIST weights, channel-averaged) is grey by construction
+  (:func:`identical_channels`).
+* **Dead filters** (:func:`dead_filters`), in the paper's sense: Fig. 6's caption puts
+  "dead" in quotes and means the filter *pictures*, near-zero or structureless. A filter
+  is dead when its effective filter's L2 norm is under ``DEAD_NORM_RATIO`` (0.1) of the
+  layer's median norm, or it is unstructured (the test above). 0.1 is 20 dB below the
+  layer's typical filter: its response to the same input is a tenth of a typical
+  filter's, drawn with the layer's shared colour scale it is a blank tile, while filters
+  that training shaped stay within a factor of a few of the median (a white-noise layer
+  of the same shape has norm ratios within about 0.8-1.2; the shipped AlexNet's smallest
+  structured filter has 0.35). The base rate is the fraction of a seeded white-noise
+  layer of the same shape that the same rule flags (``noise_rate``, about 0.99: a layer
+  at initialisation is noise); its complement is the chance a noise filter passes as
+  structured, the structure test's false-positive rate (``NOISE_QUANTILE`` by
+  construction). The functional count, a unit that never fires on held-out data, is
+  ``dead-filters``'s other number (:meth:`vizcnn.methods.scan.FilterStats.dead`).
 """
 from __future__ import annotations
 
@@ -63,9 +90,10 @@ from ..core.errors import BadArgumentError, BadInputError
 from ..core.layers import conv_layers, feeding_layer, friendly_names, is_conv, resolve_layer
 
 DEFAULT_SIZE = 64
-BANDS = (1 / 8, 1 / 4)  # low | mid | high edges, cycles/pixel
+BANDS = (1 / 6, 1 / 3)  # low | mid | extreme-high edges, cycles/pixel, fixed in advance
 ENTROPY_BIN = 1 / 16  # cycles/pixel
 NOISE_QUANTILE = 0.01
+DEAD_NORM_RATIO = 0.1  # a filter under a tenth of the layer's median norm is "dead" (near zero)
 _NOISE_SAMPLES = 256
 _MAX_RADIUS = math.sqrt(0.5)  # the corner of the frequency grid
 
@@ -378,6 +406,122 @@ def per_filter(spectra: FilterSpectra, bands: tuple[float, float] = BANDS) -> li
              "norm": cols["norm"][i], "rms": cols["rms"][i]} for i in range(len(s))]
 
 
+def identical_channels(weight: torch.Tensor) -> bool:
+    """Whether every filter of ``weight`` (N, C, kh, kw), C > 1, has the same weights in
+    all C input channels: the layer then sees its input only through the channel sum
+    (the shipped Fashion-MNIST weights are channel-averaged this way)."""
+    x = _as_batch(weight)
+    return x.shape[1] > 1 and bool((x == x[:, :1]).all())
+
+
+def effective_filters(weight: torch.Tensor, grey: bool) -> torch.Tensor:
+    """The part of each filter the data trains: with ``grey`` (grey images fed as C equal
+    channels) the channel sum ``(N, 1, kh, kw)``, since the response to a grey image x is
+    ``(sum_c w_c) * x`` and the colour differences never receive a gradient; otherwise
+    the weight itself. A detached copy; the input is never modified."""
+    if not isinstance(grey, bool):
+        raise BadArgumentError(f"grey must be True or False, got {grey!r}")
+    x = _as_batch(weight)
+    return x.sum(dim=1, keepdim=True) if grey else x.clone()
+
+
+def grey_weights(model_name: str, weights) -> bool:
+    """Whether shipped learned weights ``weights`` of ``model_name`` were trained on grey
+    images (their card says so); False for random, ImageNet and user checkpoints."""
+    from ..models.shipped import shipped_weights
+
+    card = shipped_weights(model_name).get(str(weights))
+    if card is None:
+        return False
+    return "grey" in str(card.get("conv1", "")) or "grey" in str(card.get("data", ""))
+
+
+@dataclass(frozen=True)
+class DeadFilters:
+    """Which filters of a layer are "dead" in the paper's sense (near-zero or structureless
+    pictures), measured on the effective filters (see the module docstring).
+
+    norm: (N,) L2 norm of each effective filter; norm_ratio: (N,) norm / the layer's
+    median norm (0 for every filter of an all-zero layer); structure, structured: (N,)
+    the noise-calibrated structure score and test; low_norm: (N,) norm_ratio <
+    ``threshold``; dead: (N,) low_norm or not structured. ``grey``: whether the channel
+    sum was measured. ``noise_rate``: the fraction of a seeded white-noise layer of the
+    same effective shape the same rule flags; ``noise_structured_rate``: the fraction of
+    it called structured (the structure test's false-positive rate).
+    """
+
+    norm: torch.Tensor
+    norm_ratio: torch.Tensor
+    structure: torch.Tensor
+    structured: torch.Tensor
+    low_norm: torch.Tensor
+    dead: torch.Tensor
+    grey: bool
+    threshold: float
+    count: int
+    low_norm_count: int
+    unstructured_count: int
+    noise_rate: float
+    noise_structured_rate: float
+
+    def __len__(self) -> int:
+        return int(self.dead.shape[0])
+
+    @property
+    def indices(self) -> list[int]:
+        return self.dead.nonzero().flatten().tolist()
+
+    def to_json(self) -> dict:
+        """The numbers as plain Python (for summary.json)."""
+        n = len(self)
+        return {"definition": "dead filters (near-zero or structureless weights): effective filter's norm < "
+                              f"{self.threshold:g} x the layer median, or no spatial structure",
+                "effective": "channel sum (grey input)" if self.grey else "the weights",
+                "filters": n, "dead": self.count, "dead_fraction": self.count / n,
+                "dead_filters": self.indices, "low_norm": self.low_norm_count,
+                "unstructured": self.unstructured_count, "norm_ratio_threshold": self.threshold,
+                "noise_rate": self.noise_rate, "noise_structured_rate": self.noise_structured_rate,
+                "norm_ratio": self.norm_ratio.double().cpu().tolist()}
+
+
+def _dead_rule(eff: torch.Tensor, threshold: float, size: int | None):
+    s = filter_spectra(eff, 1, size=size, keep_power=False)
+    norm = s.norm.double()
+    median = norm.median()
+    ratio = norm / median if median > 0 else torch.zeros_like(norm)
+    low = ratio < threshold
+    return s, norm, ratio, low, low | ~s.structured
+
+
+@lru_cache(maxsize=64)
+def _noise_dead_rates(channels: int, kh: int, kw: int, size: int | None, threshold: float) -> tuple[float, float]:
+    """(flagged, structured) fractions of 256 seeded white-Gaussian filters (channels, kh, kw)
+    under the dead-filter rule; seeded apart from the structure calibration's noise."""
+    gen = torch.Generator().manual_seed(4321 + 7919 * channels + 131 * kh + kw)
+    noise = torch.randn(_NOISE_SAMPLES, channels, kh, kw, generator=gen, dtype=torch.float64)
+    s, _norm, _ratio, _low, dead = _dead_rule(noise, threshold, size)
+    return float(dead.double().mean()), float(s.structured.double().mean())
+
+
+def dead_filters(weight: torch.Tensor, *, grey: bool = False, threshold: float = DEAD_NORM_RATIO,
+                 size: int | None = None) -> DeadFilters:
+    """The "dead" filters of ``weight`` (N, C, kh, kw) in the paper's sense: the effective
+    filter (:func:`effective_filters`; the channel sum with ``grey``) has a norm under
+    ``threshold`` x the layer's median norm, or no spatial structure (the structure test
+    of :func:`filter_spectra`). With the base rate of a seeded white-noise layer of the
+    same shape (see :class:`DeadFilters`). ``size``: FFT size (:func:`fft_size`)."""
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold < 1:
+        raise BadArgumentError(f"the norm-ratio threshold must be in (0, 1), got {threshold!r}")
+    eff = effective_filters(weight, grey)
+    s, norm, ratio, low, dead = _dead_rule(eff, float(threshold), size)
+    _n, c, kh, kw = eff.shape
+    noise_rate, noise_structured = _noise_dead_rates(c, kh, kw, size, float(threshold))
+    return DeadFilters(norm=norm.float(), norm_ratio=ratio.float(), structure=s.structure, structured=s.structured,
+                       low_norm=low, dead=dead, grey=grey, threshold=float(threshold), count=int(dead.sum()),
+                       low_norm_count=int(low.sum()), unstructured_count=int((~s.structured).sum()),
+                       noise_rate=noise_rate, noise_structured_rate=noise_structured)
+
+
 @dataclass(frozen=True)
 class ConvFilters:
     """The filters of one convolution, as the spectra see them.
@@ -477,6 +621,7 @@ def conv_filters(model: nn.Module, layer: str | None = None) -> ConvFilters:
     return ConvFilters(name, path, weight, stride, dilation, int(getattr(module, "groups", 1)))
 
 
-__all__ = ["BANDS", "DEFAULT_SIZE", "ENTROPY_BIN", "NOISE_QUANTILE", "ConvFilters", "FilterSpectra", "band_of",
-           "conv_filters", "entropy_bins", "fft_size", "filter_spectra", "frequency_histogram", "noise_alias_fraction", "normalised_entropy",
+__all__ = ["BANDS", "DEAD_NORM_RATIO", "DEFAULT_SIZE", "ENTROPY_BIN", "NOISE_QUANTILE", "ConvFilters", "DeadFilters",
+           "FilterSpectra", "band_of", "conv_filters", "dead_filters", "effective_filters", "grey_weights",
+           "identical_channels", "entropy_bins", "fft_size", "filter_spectra", "frequency_histogram", "noise_alias_fraction", "normalised_entropy",
            "per_filter", "summarize"]
