@@ -38,10 +38,31 @@ class Group(click.Group):
     command_class = Command
 
     def invoke(self, ctx: click.Context):
+        from vizcnn.core.interrupt import catching_signals
+
         try:
-            return super().invoke(ctx)
+            with catching_signals():  # SIGTERM, SIGHUP, SIGQUIT end a run as Ctrl-C does
+                return super().invoke(ctx)
         except VizcnnError as e:
             raise CliError(str(e)) from None
+        except KeyboardInterrupt as e:
+            raise click.exceptions.Exit(_interrupted(e)) from None
+
+
+def _interrupted(error: BaseException) -> int:
+    """Ctrl-C or a signal: every open run aborted (its --out left as it was), one line on
+    stderr, and the shell's exit code, 128 + the signal (130 for Ctrl-C)."""
+    from vizcnn.core.interrupt import exit_code, signal_name, signal_of
+    from vizcnn.io.output import FINISHED, abort_open
+
+    aborted = abort_open()
+    name = signal_name(signal_of(error))
+    if FINISHED and not aborted:
+        said = f"the results were already written to {FINISHED[-1]}"
+    else:
+        said = "nothing was written: --out is unchanged"
+    click.echo(f"vizcnn: interrupted ({name}); {said}", err=True)
+    return exit_code(error)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

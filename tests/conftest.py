@@ -1,9 +1,16 @@
 """Shared test helpers: small seeded models and the model-untouched invariant."""
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 from torch import nn
+
+# vizcnn signs its manifests with a per-user key made on first use; the tests' key lives in a
+# temporary folder (children inherit the variable), never in the real home.
+os.environ["VIZCNN_CONFIG_DIR"] = tempfile.mkdtemp(prefix="vizcnn-test-config-")
 
 
 def snapshot(model: nn.Module) -> dict:
