@@ -7,7 +7,9 @@ load unchanged.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -212,6 +214,43 @@ def load_model(name: str, weights: str | os.PathLike | None = "random", *, num_c
     return model.eval().to(device)
 
 
+def imagenet_cache_file(name: str) -> Path | None:
+    """Where torch keeps ``name``'s published ImageNet weights once downloaded (None: none
+    are published for it)."""
+    spec = get_spec(name)
+    if spec.tv_name is None:
+        return None
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_imagenet_weights(spec).url)
+
+
+def _imagenet_weights(spec: ModelSpec):
+    """torchvision's IMAGENET1K_V1 weights entry for ``spec``."""
+    import torchvision
+
+    return torchvision.models.get_model_weights(spec.tv_name)["IMAGENET1K_V1"]
+
+
+def default_weights(name: str) -> tuple[str, str | None]:
+    """The weights a command uses for ``name`` when none are given, and a note saying why
+    when the choice is not the obvious one. ImageNet's where they are published and
+    cached; where they are published but not cached and vizcnn ships learned weights for
+    the model, those (nothing is downloaded unasked: the note names ``--weights imagenet``
+    for that); published but neither cached nor shipped, ImageNet's (downloaded once);
+    else seeded random weights. Never touches the network."""
+    spec = get_spec(name)
+    shipped = shipped_weights(name)
+    if spec.tv_name is None:
+        return "random", None
+    cached = imagenet_cache_file(name)
+    if cached.is_file() or not shipped:
+        return "imagenet", None
+    chosen, card = next(iter(shipped.items()))
+    size = "×".join(map(str, card["input_size"][1:]))
+    return chosen, (f"no cached ImageNet weights for {name} ({cached}), so using the learned weights shipped with "
+                    f"vizcnn: --weights {chosen} ({card['data'].split()[0]}'s {card['num_classes']} classes, "
+                    f"{size} px input); --weights imagenet downloads ImageNet's")
+
+
 def _imagenet_model(spec: ModelSpec, num_classes: int | None) -> nn.Module:
     if spec.tv_name is None:
         shipped = shipped_weights(spec.name)
@@ -219,17 +258,17 @@ def _imagenet_model(spec: ModelSpec, num_classes: int | None) -> nn.Module:
                                f"a checkpoint file{', or ' + ', '.join(shipped) if shipped else ''}")
     if num_classes not in (None, 1000):
         raise BadArgumentError(f"ImageNet weights have 1000 classes, not num_classes={num_classes}")
-    import torchvision
-
-    w = torchvision.models.get_model_weights(spec.tv_name)["IMAGENET1K_V1"]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
-    model = build_model(spec.name)
+    w = _imagenet_weights(spec)
+    cached = imagenet_cache_file(spec.name)
+    shipped = "".join(f"--weights {n} (learned weights shipped with vizcnn), " for n in shipped_weights(spec.name))
     try:
-        state = w.get_state_dict(progress=True, check_hash=True)
+        with contextlib.redirect_stdout(sys.stderr):  # torch.hub prints "Downloading: ..." on stdout
+            state = w.get_state_dict(progress=True, check_hash=True)
     except Exception as e:  # urllib / ssl / socket errors when offline, hash errors
         raise BadInputError(f"cannot get ImageNet weights for {spec.name}: no cached copy at {cached} and the "
                             f"download from {w.url} failed ({type(e).__name__}); connect once, copy the file "
-                            f"there, or use --weights random or a checkpoint file") from None
+                            f"there, or use {shipped}--weights random or a checkpoint file") from None
+    model = build_model(spec.name)
     model.load_state_dict(state)
     return model
 
@@ -246,40 +285,15 @@ def checkpoint_budget(model: nn.Module) -> int:
     return 3 * own + CHECKPOINT_SLACK
 
 
-def _check_declared_sizes(file, shown: str, max_bytes: int) -> None:
-    """Refuses a checkpoint whose zip entries declare more than ``max_bytes`` in all,
-    reading only the zip's central directory (nothing is inflated)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(file) as archive:
-            declared = sum(entry.file_size for entry in archive.infolist())
-    except zipfile.BadZipFile:
-        raise BadInputError(f"cannot load weights {shown}: not a zip checkpoint (torch.save's format since "
-                            "PyTorch 1.6); load it and save it again with torch.save") from None
-    finally:
-        file.seek(0)
-    if declared > max_bytes:
-        raise BadInputError(f"cannot load weights {shown}: its entries declare {declared} bytes unpacked, more than "
-                            f"the {max_bytes} a checkpoint for this model may hold (refused before inflating)")
-
-
 def read_checkpoint(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, torch.Tensor]:
-    """Reads a state_dict or a checkpoint dict holding one, with ``weights_only=True``.
-
-    A file whose pickle would run code, a truncated file or a non-checkpoint is a
-    ``BadInputError``; nothing in the file is ever executed. Only a regular file is
-    read (a FIFO, device or directory is refused at once). With ``max_bytes``, a
-    checkpoint whose zip entries declare more bytes than that is refused before any
-    entry is inflated (a zip bomb).
+    """Reads a state_dict or a checkpoint dict holding one, through the one bounded loader
+    (:func:`vizcnn.models.checkpoint.load_bounded`: a regular file, one consistent zip, at
+    most ``max_bytes`` unpacked, default 2 GiB, checked in torch's own reader before
+    anything is inflated; ``weights_only=True``, so nothing in the file is ever executed).
     """
-    from ..io.imageio import open_regular
+    from .checkpoint import load_bounded
 
-    path = Path(path)
-    with open_regular(path, f"weights {path}", what="checkpoint file") as file:
-        if max_bytes is not None:
-            _check_declared_sizes(file, str(path), max_bytes)
-        obj = _torch_load(file, path)
+    obj = load_bounded(path, max_bytes=max_bytes)
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -287,16 +301,6 @@ def read_checkpoint(path: str | os.PathLike, *, max_bytes: int | None = None) ->
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise BadInputError(f"cannot load weights {path}: not a state_dict (a dict of tensors)")
     return obj
-
-
-def _torch_load(file, path: Path):
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            reason = "it holds Python objects other than tensors (refused: loading it could run code)"
-        raise BadInputError(f"cannot load weights {path}: {reason[:300]}") from None
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
@@ -339,5 +343,5 @@ def class_names(name: str, num_classes: int | None = None, weights: str | os.Pat
 
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "ModelSpec", "list_models", "get_spec", "build_model",
-           "load_model", "shrink_classifier", "class_names", "read_checkpoint", "load_checkpoint",
-           "checkpoint_budget"]
+           "load_model", "default_weights", "imagenet_cache_file", "shrink_classifier", "class_names",
+           "read_checkpoint", "load_checkpoint", "checkpoint_budget"]
