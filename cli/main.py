@@ -31,6 +31,13 @@ class Command(click.Command):
                 seen.add(param.name)
         return super().parse_args(ctx, args)
 
+    def get_short_help_str(self, limit: int = 45) -> str:
+        """The docstring's first paragraph, whole, for `vizcnn --help` (click's own cut at
+        45 characters, or at the first ". ", as in "Fig. 7", ends it mid-sentence)."""
+        if self.short_help or not self.help:
+            return super().get_short_help_str(limit)
+        return " ".join(self.help.strip().split("\n\n")[0].split())
+
 
 class Group(click.Group):
     """Turns vizcnn's own errors into one-line messages with exit code 2."""

@@ -9,11 +9,22 @@ import click
 model_argument = click.argument("model", metavar="MODEL")
 image_argument = click.argument("image", type=click.Path(dir_okay=True, path_type=str), metavar="IMAGE")
 
+def _shipped_help() -> str:
+    """"fashion-mnist (learned weights shipped with vizcnn for alexnet, lenet5 and zfnet)", from the cards."""
+    from vizcnn.models.shipped import shipped_weights
+
+    models: dict[str, list[str]] = {}
+    for model, named in sorted(shipped_weights().items()):
+        for name in named:
+            models.setdefault(name, []).append(model)
+    return ", ".join(f"{name} (learned weights shipped with vizcnn for {', '.join(m)})" for name, m in models.items())
+
+
 weights_option = click.option(
     "--weights", default="default", metavar="WEIGHTS",
-    help="imagenet (torchvision's published weights, cached after one download), random (seeded), "
-         "a sample checkpoint name (fashion-mnist for lenet5), or a checkpoint file. "
-         "default: imagenet where published, else random.")
+    help=f"imagenet (torchvision's published weights, cached after one download), random (seeded), "
+         f"{_shipped_help()}, or a checkpoint file. default: imagenet where published and cached; else the "
+         f"shipped weights where there are some (said on stderr); else imagenet where published; else random.")
 seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Seed for --weights random.")
 device_option = click.option("--device", default="auto", show_default=True,
                              help="auto (the GPU when there is one), cpu or cuda.")
@@ -62,11 +73,19 @@ def policy_fields() -> dict:
 
 
 def default_weights(model: str, weights: str) -> str:
-    from vizcnn.models import get_spec
+    """``weights`` as given, or with no --weights the model's default
+    (:func:`vizcnn.models.default_weights`), its reason said once per run on stderr."""
+    from vizcnn.models import default_weights as pick
 
     if weights != "default":
         return weights
-    return "imagenet" if get_spec(model).tv_name else "random"
+    chosen, note = pick(model)
+    ctx = click.get_current_context(silent=True)
+    said = ctx.find_root().meta.setdefault("vizcnn.weights_notes", set()) if ctx is not None else set()
+    if note and note not in said:
+        said.add(note)
+        click.echo(f"note: {note}", err=True)
+    return chosen
 
 
 def echo_summary(summary: dict, as_json: bool, text: str, out=None) -> None:
@@ -131,11 +150,13 @@ class ImageRun:
         from vizcnn.core.layers import check_finite
         from vizcnn.core.state import resolve_device
         from vizcnn.io.inputs import load_input
+        from vizcnn.io.samples import resolve_sample
         from vizcnn.models import class_names, get_spec, load_model
 
         self.weights = default_weights(model, weights)
         self.spec = get_spec(model, self.weights)  # shipped weights bring their own input size
         self.device = resolve_device(device)
+        image = resolve_sample(image)  # samples/NAME not here: the shipped copy, said on stderr
         self.shown, x = load_input(image, self.spec)
         self.model = load_model(model, self.weights, seed=seed, device=self.device)
         self.x = x.to(self.device)

@@ -19,6 +19,7 @@ from .core.progress import ProgressFn, each
 from .core.state import model_device
 from .io.imageio import read_image
 from .io.inputs import MAX_UPSCALE, fit, normalize
+from .io.samples import resolve_sample
 from .io.sources import ImageSource, load, loader
 from .methods.deconv import Activations
 from .methods.scan import Projection, ScanResult, TopK, backproject_winners, rank_and_world, scan_batches
@@ -38,7 +39,8 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int] = 224, *,
     models expect). gray: one channel (luminance), for models like LeNet-5.
 
     Returns (the H×W×C display image in [0, 1] the model sees, the normalised
-    (1, C, H, W) float tensor).
+    (1, C, H, W) float tensor). A ``samples/NAME`` that is not in the current folder is
+    the sample shipped with vizcnn, said on stderr (:func:`vizcnn.io.samples.resolve_sample`).
     """
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     channels = 1 if gray else 3
@@ -49,6 +51,7 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int] = 224, *,
                                f"image, got {len(mean)} and {len(std)}")
     if any(s <= 0 for s in std):
         raise BadArgumentError(f"std must be positive, got {tuple(std)}")
+    path = resolve_sample(path)  # samples/NAME not here: the shipped copy, said on stderr
     image = read_image(path, gray=gray)
     if min(image.shape[:2]) * MAX_UPSCALE < min(h, w):
         raise BadInputError(f"image {path} is {image.shape[1]}×{image.shape[0]} px: too small for a {w}×{h} "

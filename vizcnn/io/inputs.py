@@ -56,11 +56,15 @@ def load_input(path: str | os.PathLike, spec: InputSpec) -> tuple[np.ndarray, to
     """Reads an image file and prepares it for ``spec``'s model.
 
     Returns (the H×W×C display image in [0, 1] the model sees, the normalised
-    (1, C, H, W) tensor). One-channel models get the image's luminance.
+    (1, C, H, W) tensor). One-channel models get the image's luminance. A
+    ``samples/NAME`` that is not in the current folder is the sample shipped with
+    vizcnn (:func:`vizcnn.io.samples.resolve_sample`).
     """
     from .imageio import read_image
+    from .samples import resolve_sample
 
     c, h, w = spec.input_size
+    path = resolve_sample(path)  # samples/NAME not here: the shipped copy, said on stderr
     image = read_image(path, gray=(c == 1))
     if min(image.shape[:2]) * MAX_UPSCALE < min(h, w):
         raise BadInputError(f"image {path} is {image.shape[1]}×{image.shape[0]} px: too small for "

@@ -10,7 +10,8 @@ in that order is its *global index*, the same in every process of a distributed 
 * an image file: that one image;
 * any other file: a list file, one path per line (relative to the list file's
   folder, or absolute), an optional integer label after whitespace, ``#`` comments;
-* ``samples``: the images shipped in the project's samples/ folder;
+* ``samples``: the images shipped inside the package (``vizcnn samples`` lists them); a
+  ``samples/NAME`` that is not here is the shipped image NAME (said on stderr);
 * ``fashion-mnist``, ``fashion-mnist:test`` (the default split, 10,000 images) or
   ``fashion-mnist:train`` (60,000): Fashion-MNIST's IDX files, plain or gzipped, from
   ``$VIZCNN_FASHION_MNIST`` or Debian's ``dataset-fashion-mnist`` package
@@ -48,6 +49,7 @@ import torch
 
 from ..core.batch import Batch, Skipped
 from ..core.errors import BadArgumentError, BadInputError, VizcnnError
+from .samples import SAMPLES_DIR, resolve_sample  # DATA=samples: the images shipped inside the package
 
 log = logging.getLogger("vizcnn.data")
 
@@ -56,8 +58,6 @@ FASHION_MNIST_ENV = "VIZCNN_FASHION_MNIST"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_SPLITS = {"test": "t10k", "train": "train"}
 BUILTIN = ("samples", "fashion-mnist", "fashion-mnist:test", "fashion-mnist:train")
-#: DATA=samples: the images shipped inside the package (the repository's samples/ links to them).
-SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
@@ -303,7 +303,7 @@ def open_data(data: PathLike, *, limit: int | None = None) -> ImageSource:
     ``limit`` images of its order when given."""
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise BadArgumentError(f"limit must be a positive integer, got {limit!r}")
-    text = os.fspath(data)
+    text = os.fspath(resolve_sample(data))  # samples/NAME not here: the shipped copy, said on stderr
     path = Path(text).expanduser()
     if text and path.exists():
         if path.is_dir():

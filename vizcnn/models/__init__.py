@@ -12,7 +12,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 _REGISTRY = ("IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "ModelSpec", "list_models", "get_spec", "build_model",
-             "load_model", "class_names", "shrink_classifier", "read_checkpoint", "load_checkpoint")
+             "load_model", "default_weights", "imagenet_cache_file", "class_names", "shrink_classifier", "read_checkpoint",
+             "load_checkpoint")
 
 __all__ = list(_REGISTRY)
 
@@ -24,5 +25,6 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:
-    from .registry import (IMAGENET_MEAN, IMAGENET_STD, MODELS, ModelSpec, build_model, class_names, get_spec,
-                           list_models, load_checkpoint, load_model, read_checkpoint, shrink_classifier)
+    from .registry import (IMAGENET_MEAN, IMAGENET_STD, MODELS, ModelSpec, build_model, class_names,
+                           default_weights, get_spec, imagenet_cache_file, list_models, load_checkpoint, load_model,
+                           read_checkpoint, shrink_classifier)
