@@ -22,7 +22,8 @@ _HOME = {
     "project": "methods.deconv", "project_top": "methods.deconv", "top_activations": "methods.deconv",
     "Activations": "methods.deconv", "saliency": "methods.saliency", "saliency_map": "methods.saliency",
     "occlude": "methods.occlusion", "invariance_curves": "methods.invariance", "scan": "api",
-    "project_winners": "api", "filter_spectra": "methods.spectra", "sanity_check": "methods.sanity",
+    "project_winners": "api", "atlas": "writers.atlas", "filter_spectra": "methods.spectra",
+    "sanity_check": "methods.sanity",
     "Extractor": "core.extract", "ReverseRules": "core.rules", "activation_policy": "core.rules",
     "LayerTap": "core.layers",
     # models and layers
@@ -79,6 +80,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .methods.saliency import saliency as saliency_map
     from .methods.sanity import sanity_check
     from .methods.spectra import filter_spectra
+    from .writers.atlas import atlas
     from .models.registry import class_names, get_spec, list_models, load_model
     from .render.deconv import deconv_grid
     from .render.invariance import invariance_figure

@@ -80,7 +80,7 @@ def receptive_field_boxes(model: nn.Module, x: torch.Tensor, layer: str,
 def scan(model: nn.Module, source: ImageSource, spec, *, topk_layers: Sequence[str] = (),
          stats_layers: Sequence[str] = (), top: int = 9, distinct_images: bool = False, batch_size: int = 32,
          num_workers: int | None = None, group=None, geometry: dict | None = None,
-         progress: ProgressFn | None = None) -> ScanResult:
+         progress: ProgressFn | None = None, observers: Sequence = ()) -> ScanResult:
     """One pass over ``source``, prepared for ``spec`` (the model's ModelSpec, or anything
     with ``input_size``, ``mean``, ``std``), on the model's device.
 
@@ -88,7 +88,8 @@ def scan(model: nn.Module, source: ImageSource, spec, *, topk_layers: Sequence[s
     statistics of ``stats_layers`` in the same truncated forward per batch. Under an
     initialised process group (``group``, default the world) each rank reads images
     rank, rank + world, … and every rank returns the merged result. The model runs in
-    eval mode and is left exactly as it was.
+    eval mode and is left exactly as it was. ``observers``: further streamed reductions
+    of the same forward (see :func:`vizcnn.methods.scan.scan_batches`).
     """
     rank, world = rank_and_world(group)
     device = model_device(model)
@@ -97,7 +98,8 @@ def scan(model: nn.Module, source: ImageSource, spec, *, topk_layers: Sequence[s
     shard = len(range(rank, len(source), world))
     batches = each(progress, f"data pass ({shard} images)", batches, -(-shard // batch_size))
     return scan_batches(model, batches, tuple(spec.input_size), topk_layers=topk_layers, stats_layers=stats_layers,
-                        top=top, distinct_images=distinct_images, group=group, geometry=geometry)
+                        top=top, distinct_images=distinct_images, group=group, geometry=geometry,
+                        observers=observers)
 
 
 def project_winners(model: nn.Module, source: ImageSource, spec, layer: str, topk: TopK, units: Sequence[int], *,

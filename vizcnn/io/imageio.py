@@ -50,12 +50,14 @@ before anything but its size is read."""
 _HEADER_CACHE = 1 << 16  # bytes read up front; anything further is read on demand
 
 __all__ = [
+    "encode_image",
     "figure_dpi",
     "image_size",
     "read_image",
     "safe_filename",
     "save_figure",
     "write_atomic",
+    "write_image",
     "write_json",
     "write_png",
 ]
@@ -555,10 +557,31 @@ def write_png(path: PathLike, rgb: np.ndarray) -> None:
         BadArgumentError: not an H×W×3 array of floats or uint8.
         BadInputError: NaN or infinite values, or the file cannot be written.
     """
-    shown = _show(path)
+    write_atomic(path, encode_image(rgb, ".png", shown=_show(path), caller="write_png"))
+
+
+#: What :func:`encode_image` writes: suffix -> (OpenCV's extension, its quality flag).
+_ENCODINGS = {".png": (".png", None), ".jpg": (".jpg", cv2.IMWRITE_JPEG_QUALITY),
+              ".jpeg": (".jpg", cv2.IMWRITE_JPEG_QUALITY), ".webp": (".webp", cv2.IMWRITE_WEBP_QUALITY)}
+
+
+def encode_image(rgb: np.ndarray, suffix: str = ".png", *, quality: int = 90, shown: str = "image",
+                 caller: str = "encode_image") -> bytes:
+    """An H×W×3 RGB image (float in [0, 1], or uint8) encoded as PNG, JPEG (``.jpg``,
+    ``.jpeg``) or WebP (``.webp``); ``quality`` 1..100 for the lossy two.
+
+    Float values outside [0, 1] are clipped and rounded to the nearest of 256 levels.
+
+    Raises:
+        BadArgumentError: not an H×W×3 array of floats or uint8, or another suffix.
+        BadInputError: NaN or infinite values, or the encoder fails.
+    """
     array = np.asarray(rgb)
+    if suffix.lower() not in _ENCODINGS:
+        raise BadArgumentError(f"{shown}: cannot encode {suffix!r}; choices: {', '.join(_ENCODINGS)}")
+    ext, flag = _ENCODINGS[suffix.lower()]
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
-        raise BadArgumentError(f"{shown}: write_png expects an H×W×3 array, got shape {array.shape}")
+        raise BadArgumentError(f"{shown}: {caller} expects an H×W×3 array, got shape {array.shape}")
     if array.dtype == np.uint8:
         levels = array
     elif np.issubdtype(array.dtype, np.floating):
@@ -566,14 +589,22 @@ def write_png(path: PathLike, rgb: np.ndarray) -> None:
             raise BadInputError(f"{shown}: image to write contains NaN or infinite values")
         levels = np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
     else:
-        raise BadArgumentError(f"{shown}: write_png expects float or uint8 values, got {array.dtype}")
+        raise BadArgumentError(f"{shown}: {caller} expects float or uint8 values, got {array.dtype}")
+    params = [] if flag is None else [flag, int(min(100, max(1, quality)))]
     try:
-        ok, encoded = cv2.imencode(".png", np.ascontiguousarray(levels[:, :, ::-1]))
+        ok, encoded = cv2.imencode(ext, np.ascontiguousarray(levels[:, :, ::-1]), params)
     except cv2.error as exc:
-        raise BadInputError(f"{shown}: cannot encode PNG: {_reason(exc)}") from None
+        raise BadInputError(f"{shown}: cannot encode {ext[1:].upper()}: {_reason(exc)}") from None
     if not ok:
-        raise BadInputError(f"{shown}: cannot encode PNG of shape {array.shape}")
-    write_atomic(path, encoded.tobytes())
+        raise BadInputError(f"{shown}: cannot encode {ext[1:].upper()} of shape {array.shape}")
+    return encoded.tobytes()
+
+
+def write_image(path: PathLike, rgb: np.ndarray, *, quality: int = 90) -> None:
+    """Write an H×W×3 RGB image atomically in the format its suffix names (``.png``,
+    ``.jpg``/``.jpeg``, ``.webp``; see :func:`encode_image`)."""
+    suffix = Path(os.fsdecode(os.fspath(path))).suffix
+    write_atomic(path, encode_image(rgb, suffix, quality=quality, shown=_show(path), caller="write_image"))
 
 
 _FIGURE_FORMATS = ("png", "pdf", "svg")

@@ -148,20 +148,29 @@ def _windows(info: LayerInfo, units: Activations, height: int, width: int) -> li
 
 
 def backproject_cropped(model: nn.Module, x: torch.Tensor, layer: str, units: Activations, info: LayerInfo,
-                        rules: ReverseRules) -> torch.Tensor:
+                        rules: ReverseRules, *, which: Sequence[int] | None = None,
+                        batch_size: int | None = None) -> torch.Tensor:
     """The same projections as :func:`backproject`, computed on crops of the input around
     each unit's receptive field: one batched forward and backward per crop size instead
     of a backward over the whole image. Exact: a unit depends on nothing outside its
     receptive field, and each crop starts on the unit grid.
+
+    x: (N, C, H, W); unit i is read from image ``which[i]`` (default 0 for every unit),
+    so the winners of many images and units share each forward. ``batch_size``: at
+    most this many crops per forward (default all of one size).
     """
     h, w = x.shape[-2:]
     windows = _windows(info, units, h, w)
+    which = [0] * len(units) if which is None else [int(i) for i in which]
     out = torch.zeros((len(units), *x.shape[1:]), dtype=x.dtype, device=x.device)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (t, b, l_, r) in enumerate(windows):
         groups.setdefault((b - t, r - l_), []).append(i)
-    for index in groups.values():
-        crops = torch.cat([x[:, :, windows[i][0]:windows[i][1], windows[i][2]:windows[i][3]] for i in index])
+    step = batch_size or len(units) or 1
+    chunks = [index[s:s + step] for index in groups.values() for s in range(0, len(index), step)]
+    for index in chunks:
+        crops = torch.cat([x[which[i]:which[i] + 1, :, windows[i][0]:windows[i][1], windows[i][2]:windows[i][3]]
+                           for i in index])
         crops = crops.detach().requires_grad_(True)
         acts, leaf = forward_to(model, crops, layer, rules, batched=True, check=False)
         act = acts[layer]

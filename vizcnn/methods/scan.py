@@ -300,16 +300,22 @@ def _check_finite(act: torch.Tensor, layer: str) -> None:
 
 def scan_batches(model: nn.Module, batches: Iterable[Batch], input_size: tuple[int, int, int], *,
                  topk_layers: Sequence[str] = (), stats_layers: Sequence[str] = (), top: int = 9,
-                 distinct_images: bool = False, group=None, geometry: dict | None = None) -> ScanResult:
+                 distinct_images: bool = False, group=None, geometry: dict | None = None,
+                 observers: Sequence = ()) -> ScanResult:
     """The pass itself over ready batches (see :func:`scan`); each batch's global indices
     must increase, as :func:`vizcnn.io.sources.loader` yields them. ``input_size`` (C, H, W)
     gives each layer's channel count before any batch arrives (a rank may get none),
     from ``geometry`` (``layer_geometry(model, input_size)``) when given, else from a
-    forward of one blank image."""
+    forward of one blank image.
+
+    ``observers``: further streamed reductions of the same forward, each with
+    ``layers`` (names, recorded with the others), ``update(outputs, index)`` per batch
+    ({layer: (N, ...) tensor}, (N,) global indices) and ``all_reduce(group)`` once
+    under several ranks (``vizcnn.methods.atlas.UnitMaxima``)."""
     if not isinstance(top, int) or isinstance(top, bool) or top < 1:
         raise BadArgumentError(f"top must be a positive integer, got {top!r}")
     topk_layers, stats_layers = list(dict.fromkeys(topk_layers)), list(dict.fromkeys(stats_layers))
-    layers = list(dict.fromkeys([*topk_layers, *stats_layers]))
+    layers = list(dict.fromkeys([*topk_layers, *stats_layers, *(n for ob in observers for n in ob.layers)]))
     if not layers:
         raise BadArgumentError("nothing to compute: give at least one layer for top-k or statistics")
     device = model_device(model)
@@ -325,7 +331,8 @@ def scan_batches(model: nn.Module, batches: Iterable[Batch], input_size: tuple[i
             if len(shape) not in (1, 3):
                 raise BadArgumentError(f"layer {name!r} gives outputs of shape {shape}; need (C, H, W) or (C,)")
         reducers = {n: LayerReducer(shapes[n][0], device, top=top if n in topk_layers else None,
-                                    distinct_images=distinct_images, stats=n in stats_layers) for n in layers}
+                                    distinct_images=distinct_images, stats=n in stats_layers)
+                    for n in layers if n in topk_layers or n in stats_layers}
         start = time.perf_counter()
         for batch in batches:
             for s in batch.skipped:  # read_image's reasons start with the path
@@ -338,9 +345,12 @@ def scan_batches(model: nn.Module, batches: Iterable[Batch], input_size: tuple[i
             x = batch.x.to(device, non_blocking=True)
             index = batch.index.to(device, non_blocking=True)
             outs = ex.run(x)
-            for name, reducer in reducers.items():
+            for name in layers:
                 _check_finite(outs[name], name)
+            for name, reducer in reducers.items():
                 reducer.update(outs[name], index)
+            for ob in observers:
+                ob.update(outs, index)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -348,6 +358,8 @@ def scan_batches(model: nn.Module, batches: Iterable[Batch], input_size: tuple[i
     if world > 1:
         for reducer in reducers.values():
             reducer.all_reduce(group)
+        for ob in observers:
+            ob.all_reduce(group)
         counts = torch.tensor([float(images), seconds], dtype=torch.float64, device=device)
         total = counts.clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)

@@ -1,0 +1,288 @@
+"""``vizcnn atlas``: the pass against brute force, the optimised stimuli, resuming, the
+site in real headless Chromium, and the README's command."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import cli
+from tests.conftest import assert_untouched, snapshot
+from tests.dataset_worker import SPEC, tiny_model
+from vizcnn.core.extract import Extractor
+from vizcnn.io.sources import folder_source, load
+from vizcnn.methods.stimulus import optimise_units
+from vizcnn.writers.atlas import atlas
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+LAYERS = ["conv1", "conv2"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """24 binary 16×16 PNGs in two class folders (names that need escaping in HTML)."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("atlas-data")
+    rng = np.random.default_rng(1)
+    for i in range(24):
+        cls = root / ("<b>&bags" if i % 3 == 0 else "shoes")
+        cls.mkdir(exist_ok=True)
+        image = (rng.random((16, 16, 3)) < 0.3 + 0.02 * i).astype(np.uint8) * 255
+        cv2.imwrite(str(cls / f"img_{i:02d}.png"), image)
+    return root
+
+
+@pytest.fixture(scope="module")
+def site(data, tmp_path_factory):
+    """The atlas of the tiny model over the data, with 6 optimisation steps."""
+    out = tmp_path_factory.mktemp("atlas") / "site"
+    model = tiny_model()
+    before = snapshot(model)
+    summary = atlas(model, data, out, spec=SPEC, layers=LAYERS, top=4, optimize_steps=6, batch_size=5)
+    assert_untouched(model, before)
+    return out, summary
+
+
+def _brute(data: Path, layer: str):
+    source = folder_source(data)
+    x = torch.stack([load(source, i, SPEC)[1] for i in range(len(source))])
+    with Extractor(tiny_model(), [layer]) as ex:
+        return source, ex.run(x)[layer]
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_pass_equals_brute_force(site, data, layer):
+    """Top-k by a full sort (value desc, image, y, x), statistics, top classes by the mean
+    per-image maximum and the most similar units by NumPy's correlation."""
+    _, summary = site
+    source, act = _brute(data, layer)
+    n, c, h, w = act.shape
+    entry = next(e for e in summary["layers"] if e["layer"] == layer)
+    labels = np.array([source.label(i) for i in range(n)])
+    maxima = act.flatten(2).amax(2).double().numpy()
+    with np.errstate(invalid="ignore"):
+        corr = np.corrcoef(maxima.T)
+    for u, row in enumerate(entry["units"]):
+        a = act[:, u].numpy()
+        cand = sorted(((-float(a[i, y, x]), i, y, x) for i in range(n) for y in range(h) for x in range(w)))[:4]
+        assert [(win["image"], win["y"], win["x"]) for win in row["winners"]] == [t[1:] for t in cand]
+        assert [win["value"] for win in row["winners"]] == pytest.approx([-t[0] for t in cand])
+        assert row["firing"] == pytest.approx(float((a > 0).mean()))
+        assert row["max"] == pytest.approx(float(a.max()))
+        means = [maxima[labels == k, u].mean() for k in range(len(source.classes))]
+        best = sorted(range(len(means)), key=lambda k: -means[k])  # ties: the lower class index
+        assert [cl["class"] for cl in row["classes"]] == [source.classes[k] for k in best]
+        assert [cl["mean"] for cl in row["classes"]] == pytest.approx([means[k] for k in best])
+        if np.std(maxima[:, u]) > 0:
+            others = [v for v in np.argsort(-np.nan_to_num(corr[u], nan=-2), kind="stable") if v != u]
+            others = [v for v in others if np.std(maxima[:, v]) > 0][:len(row["similar"])]
+            assert [s["unit"] for s in row["similar"]] == others
+            assert [s["correlation"] for s in row["similar"]] == pytest.approx(corr[u, others])
+        else:
+            assert row["similar"] == []  # nothing correlates with a constant
+    dead = [row["unit"] for row in entry["units"] if row["dead"]]
+    assert dead == entry["dead_units"]
+
+
+def test_optimisation_is_deterministic():
+    model = tiny_model()
+    a = optimise_units(model, "conv2", [0, 3, 5], SPEC, steps=5, seed=3, batch_size=2)
+    b = optimise_units(model, "conv2", [0, 3, 5], SPEC, steps=5, seed=3, batch_size=3)
+    c = optimise_units(model, "conv2", [0, 3, 5], SPEC, steps=5, seed=4, batch_size=3)
+    assert np.array_equal(a.images, optimise_units(model, "conv2", [0, 3, 5], SPEC, steps=5, seed=3,
+                                                   batch_size=2).images)
+    assert np.allclose(a.images, b.images, atol=1e-5)  # a unit's image does not depend on its batch
+    assert not np.allclose(a.images, c.images)
+
+
+def test_grey_stimuli_are_grey():
+    s = optimise_units(tiny_model(), "conv1", [0, 1], SPEC, steps=2, grey=True)
+    assert s.images.shape == (2, 16, 16, 3)
+    assert np.array_equal(s.images[..., 0], s.images[..., 2])
+
+
+def test_stimuli_drive_their_units_on_the_shipped_alexnet():
+    """Each optimised image drives its unit harder than the median of the unit's dataset
+    top-9, and harder (relative to each unit's dataset maximum) than most other units."""
+    from vizcnn.api import scan
+    from vizcnn.io.sources import open_data
+    from vizcnn.models import get_spec, load_model
+    from vizcnn.methods.stimulus import is_grey
+
+    try:
+        source = open_data("fashion-mnist:test", limit=200)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"Fashion-MNIST not installed: {e}")
+    spec = get_spec("alexnet", "fashion-mnist")
+    model = load_model("alexnet", "fashion-mnist")
+    assert is_grey(spec)
+    top = scan(model, source, spec, topk_layers=["conv3"], top=9, num_workers=0).topk["conv3"]
+    units = [u for u in range(12) if top.value[u, 4] > 0][:8]
+    s = optimise_units(model, "conv3", units, spec, steps=64, grey=True, batch_size=8)
+    own = s.activation[torch.arange(len(units)), torch.tensor(units)]
+    assert (own > top.value[units].median(dim=1).values).all(), own
+    relative = s.activation / top.value[:, 0].clamp_min(1e-9)
+    for j, u in enumerate(units):
+        assert (relative[j, u] > relative[j]).float().mean() > 0.9
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "state" not in p.relative_to(folder).parts
+            and p.name not in ("summary.json", ".vizcnn-manifest.json")}
+
+
+def _comparable(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("seconds", "pass_seconds", "files")}
+
+
+def test_interrupted_run_resumes_to_the_same_result(site, data, tmp_path):
+    """Interrupted while optimising conv2 (after the pass and conv1's projections and
+    stimuli were saved), the run leaves the previous atlas as it was; a rerun continues
+    from the saved state and publishes what the uninterrupted run did."""
+    reference, ref_summary = site
+    out = tmp_path / "site"
+    atlas(tiny_model(), data, out, spec=SPEC, layers=["conv1"], top=2, optimize=False)
+    previous = _tree(out)
+
+    def stop(done, total, what):
+        if what == "optimising conv2" and done >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atlas(tiny_model(), data, out, spec=SPEC, layers=LAYERS, top=4, optimize_steps=6, batch_size=5,
+              progress=stop, force=False)
+    assert _tree(out) == previous  # the earlier atlas is untouched
+    assert (out / "state" / "stimuli" / "conv1.pt").is_file()
+    lines: list[str] = []
+    summary = atlas(tiny_model(), data, out, spec=SPEC, layers=LAYERS, top=4, optimize_steps=6, batch_size=5,
+                    log=lines.append)
+    assert "resumed from the saved state" in lines[0]
+    assert any("projections conv2" in line and "resumed" in line for line in lines)
+    assert any("optimisation conv1" in line and "resumed" in line for line in lines)
+    assert _comparable(summary) == _comparable(ref_summary)
+    assert _tree(out) == _tree(reference)
+
+
+# --------------------------------------------------------------------------- the site in Chromium
+
+
+def _links(page: Path) -> list[str]:
+    text = page.read_text()
+    return re.findall(r'(?:href|src)="([^"#]+)', text)
+
+
+def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--disable-sync", "--no-first-run",
+                           f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+                           "--virtual-time-budget=20000", *extra, "--dump-dom", url],
+                          capture_output=True, text=True, timeout=120)
+
+
+HARNESS = """<!DOCTYPE html><html><body><pre id="out">waiting</pre><script>
+var pages = %s, results = {}, left = pages.length;
+pages.forEach(function (p) {
+  var f = document.createElement("iframe"); f.width = 1200; f.height = 900; f.src = p;
+  f.onload = function () {
+    var d = f.contentDocument, imgs = Array.prototype.slice.call(d.images);
+    imgs.forEach(function (i) { i.loading = "eager"; });
+    Promise.all(imgs.map(function (i) { return i.decode().then(function () { return null; },
+        function () { return i.getAttribute("src"); }); })).then(function (bad) {
+      results[p] = {title: d.title, images: imgs.length, broken: bad.filter(function (b) { return b; }),
+                    shown: d.body.dataset.shown || null};
+      if (--left === 0) document.getElementById("out").textContent = JSON.stringify(results);
+    });
+  };
+  document.body.appendChild(f);
+});
+</script></body></html>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_the_site_in_headless_chromium(site, tmp_path):
+    """Every page loads in Chromium from file:// without a console error and every image
+    on it decodes; every link and image path exists inside the site; the filter box
+    filters (by unit number, dead/alive and class, from the URL's #q=)."""
+    out, summary = site
+    pages = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.html") if "state" not in p.parts)
+    assert "index.html" in pages and len(pages) == 1 + 2 + sum(len(e["units"]) for e in summary["layers"])
+    for page in pages:  # every reference is a relative file of the site
+        for link in _links(out / page):
+            assert not re.match(r"[a-z]+:", link), (page, link)
+            assert (out / page).parent.joinpath(link).resolve().is_file(), (page, link)
+    text = (out / "index.html").read_text()
+    assert "&lt;b&gt;&amp;bags" in text and "<b>&bags" not in text  # class names are escaped
+    harness = tmp_path / "harness.html"
+    harness.write_text(HARNESS % json.dumps([(out / p).as_uri() for p in pages]))
+    run = _chromium(harness.as_uri(), tmp_path / "profile", "--allow-file-access-from-files")
+    found = re.search(r'<pre id="out">(.*?)</pre>', run.stdout, re.S)
+    assert found and found.group(1) != "waiting", run.stderr[-2000:]
+    results = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
+                         .replace("&gt;", ">"))
+    assert len(results) == len(pages)
+    for page, r in results.items():
+        assert r["broken"] == [] and r["images"] > 0 and r["title"], (page, r)
+    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line
+               or "Failed to load" in line]
+    assert console == [], console
+    total = sum(len(e["units"]) for e in summary["layers"])
+    dead = sum(1 for e in summary["layers"] for u in e["units"] if u["dead"])
+    bags = sum(1 for e in summary["layers"] for u in e["units"] if u["classes"] and "bags" in u["classes"][0]["class"])
+    for query, expected in [("", total), ("dead", dead), ("alive", total - dead), ("3", 2), ("3 dead", None),
+                            ("BAGS", bags), ("zzz", 0)]:
+        run = _chromium((out / "index.html").as_uri() + "#q=" + query.replace(" ", "%20"), tmp_path / "profile")
+        shown = re.search(r'data-shown="(\d+)"', run.stdout)
+        assert shown, run.stderr[-1000:]
+        if expected is None:
+            expected = sum(1 for e in summary["layers"] for u in e["units"] if u["unit"] == 3 and u["dead"])
+        assert int(shown.group(1)) == expected, query
+        hidden = len(re.findall(r'class="unit[^"]*"[^>]*hidden', run.stdout))
+        assert hidden == total - expected, query
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_readme_command_runs(tmp_path):
+    """The README's atlas command (on a few images, units and steps), end to end."""
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"```shell\n(vizcnn atlas [^\n]+)\n", readme)
+    assert found, "the README shows the atlas command"
+    args = shlex.split(found.group(1))[1:]
+    args[args.index("--out") + 1] = str(tmp_path / "atlas")
+    args += ["--limit", "40", "--layer", "conv2", "--units", "0-3", "--optimize-steps", "4", "--workers", "0"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "atlas: [1/4] data pass" in result.output and "atlas: [4/4] rendering done" in result.output
+    summary = json.loads((tmp_path / "atlas" / "summary.json").read_text())
+    assert summary["command"] == "atlas" and summary["layers"][0]["layer"] == "conv2"
+    unit = summary["layers"][0]["units"][0]
+    assert unit["classes"] and unit["stimulus"]["file"] and unit["winners"][0]["projection"]
+    for name in ("index.html", "layers/conv2.html", "units/conv2-3.html", unit["thumb"], unit["stimulus"]["file"]):
+        assert (tmp_path / "atlas" / name).is_file(), name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layer", "fc6"], "needs conv layers"), (["--layer", "nope"], "nope"), (["--units", "0-999"], "out of range"),
+    (["--top", "0"], "0"), (["--optimize-steps", "0"], "0")])
+def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
+    result = CliRunner().invoke(cli, ["atlas", "alexnet", "samples", "--weights", "fashion-mnist", "--limit", "3",
+                                      "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o" / "index.html").exists()
