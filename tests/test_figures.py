@@ -7,9 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.image import AxesImage
-from matplotlib.text import Text
+from figure_standard import _texts, check_standard
 from torch import nn
 
 from vizcnn.methods.invariance import invariance_curves
@@ -48,63 +46,6 @@ def _image(size: int = 16) -> np.ndarray:
     return torch.rand(size, size, 3, generator=rng(1)).numpy()
 
 
-def _undrawn_ticks(fig) -> set[int]:
-    """Tick labels matplotlib keeps but does not draw (their tick lies outside the view)."""
-    skip = set()
-    for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
-            lo, hi = sorted(axis.get_view_interval())
-            eps = 1e-9 * max(1.0, abs(hi - lo))
-            for ticks, locs in ((axis.get_major_ticks(), axis.get_majorticklocs()),
-                                (axis.get_minor_ticks(), axis.get_minorticklocs())):
-                for tick, loc in zip(ticks, locs):
-                    if not lo - eps <= loc <= hi + eps:
-                        skip.update((id(tick.label1), id(tick.label2)))
-    return skip
-
-
-def _texts(fig) -> list[Text]:
-    """Every text drawn (non-empty, visible, and not a tick label outside its axis's view)."""
-    skip = _undrawn_ticks(fig)
-    return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in skip]
-
-
-def check_standard(fig, *, tick_overlap: bool = True) -> None:
-    """The parts of the standard a machine can check."""
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    renderer = canvas.get_renderer()
-    width, _ = fig.get_size_inches()
-    assert width <= common.MAX_WIDTH + 1e-6, f"{width} in wide"
-    titles = [fig._suptitle] + [t for ax in fig.axes for t in (ax.title, ax._left_title, ax._right_title)]
-    titles += [t for t in fig.texts]
-    assert any(t is not None and t.get_text().strip() for t in titles), "no title"
-    # a panel that shows one flat colour is allowed only where the figure says why
-    said = " ".join(t.get_text() for t in _texts(fig))
-    explained = any(word in said for word in ("zero", "constant", "dead (0)", "wins at every position"))
-    for im in fig.findobj(AxesImage):
-        a = np.ma.masked_invalid(np.asarray(im.get_array(), dtype=float))
-        assert explained or a.count() == 0 or float(a.max() - a.min()) > 0, "an all-constant image panel, unexplained"
-    page = fig.bbox
-    for t in _texts(fig):
-        box = t.get_window_extent(renderer)
-        assert page.x0 - 1 <= box.x0 and box.x1 <= page.x1 + 1 and page.y0 - 1 <= box.y0 and box.y1 <= page.y1 + 1, \
-            f"text {t.get_text()!r} runs off the canvas: {box} not inside {page}"
-    if tick_overlap:
-        for ax in fig.axes:
-            for axis in (ax.xaxis, ax.yaxis):
-                drawn = {id(t) for t in _texts(fig)}
-                labels = [t for t in axis.get_ticklabels() if id(t) in drawn]
-                boxes = [t.get_window_extent(renderer) for t in labels]
-                for i in range(len(boxes) - 1):
-                    assert not boxes[i].overlaps(boxes[i + 1]), \
-                        f"tick labels {labels[i].get_text()!r} and {labels[i + 1].get_text()!r} overlap"
-            label_boxes = [t.get_window_extent(renderer) for t in (ax.xaxis.label, ax.yaxis.label)
-                           if t.get_visible() and t.get_text()]
-            if len(label_boxes) == 2:
-                assert not label_boxes[0].overlaps(label_boxes[1]), "axis labels overlap"
-
-
 def test_deconv_grid_marks_zero_projections():
     proj = torch.randn(5, 3, 16, 16, generator=rng())
     proj[2] = 0
@@ -141,6 +82,7 @@ def test_topk_page_marks_and_counts_dead_winners():
     texts = [t.get_text() for t in _texts(fig)]
     assert sum(t.startswith("dead (0) ·") for t in texts) == 9
     assert any("9 of 27 winners have activation 0" in t for t in texts)
+    assert any("unit 1 never fires" in t for t in texts)  # a unit index said as one, not read as a count
     assert any("(dead)" in t for t in texts)  # the row label of the unit that never fires
 
 
@@ -157,6 +99,45 @@ def test_dead_filter_figure():
     g = np.random.default_rng(0)
     rows = [(f"conv{i}", g.random(16), g.random(16) < 0.2) for i in range(4)]
     check_standard(render_dataset.dead_filter_figure(rows, TITLE, 0.01))
+
+
+def test_dead_filters_get_their_own_bar_and_the_threshold_shows():
+    """Filters that never fire are a bar of their own, left of every live one, and the
+    dashed threshold at 0.001 lies well inside the axis (a log axis), not on its edge."""
+    firing = np.array([0.0, 0.0, 0.0, 2e-3, 0.02, 0.3, 0.31, 0.5])
+    dead = firing < 1e-3
+    fig = render_dataset.dead_filter_figure([("conv1", firing, dead)], TITLE, 1e-3)
+    check_standard(fig)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    lo, hi = ax.get_xlim()
+    line, = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    x = line.get_xdata()[0]
+    assert x == 1e-3 and np.log10(x / lo) > 1 and np.log10(hi / x) > 1  # a decade and more from each side
+    bars = [(p.get_x(), p.get_x() + p.get_width(), p.get_height(), p.get_facecolor()) for p in ax.patches
+            if p.get_height() > 0]
+    red = [b for b in bars if b[3][0] > 0.7]
+    assert len(red) == 1 and red[0][2] == 3 and red[0][1] < 1e-4  # the three dead ones, apart, left of 0.0001
+    assert all(b[0] >= 1e-3 for b in bars if b[3][0] <= 0.7)  # every live filter right of the threshold
+    assert "< 0.0001" in [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_a_clipped_or_flush_title_fails_the_standard():
+    """What the standard must catch: a title wider than the canvas, and one that touches
+    its edge."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 3))
+    fig.add_subplot().plot([0, 1])
+    fig.suptitle("a title far too long for a four-inch figure, so its ends are cut off by the canvas edge")
+    with pytest.raises(AssertionError, match="runs off the canvas"):
+        check_standard(fig)
+    fig = Figure(figsize=(4, 3))
+    ax = fig.add_subplot()
+    ax.plot([0, 1])
+    fig.text(1.0, 0.99, "flush", ha="right", va="top")
+    with pytest.raises(AssertionError, match="touches its edge"):
+        check_standard(fig)
 
 
 @pytest.mark.parametrize("shape,stride", [((64, 3, 11, 11), 4), ((6, 1, 5, 5), 1), ((300, 16, 3, 3), 2)])
@@ -193,6 +174,25 @@ def test_occlusion_figure(occlusion_result):
     assert len(frames) == 1, f"panels in different pixel frames: {frames}"
     sizes = {tuple(np.round(ax.get_position().size, 3)) for ax in panels}
     assert len(sizes) == 1, f"panels of different sizes: {sizes}"
+
+
+def test_occlusion_receptive_field_box_is_visible_when_it_is_the_whole_image(occlusion_result):
+    """Panel (c)'s dashed box is drawn inside the frame (through the edge pixels' centres),
+    so a receptive field as large as the image is seen, and the title says it is."""
+    from matplotlib.patches import Rectangle
+
+    import dataclasses
+
+    h, w = occlusion_result[1].projection.shape[-2:]
+    result = dataclasses.replace(occlusion_result[1], projection_box=(0, h, 0, w))
+    fig = render_occlusion.occlusion_figure(_image(), result, model_name="tiny")
+    check_standard(fig)
+    ax = next(a for a in fig.axes if a.get_title().startswith("(c)"))
+    box, = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_linestyle() == "--"]
+    (x0, y0), (x1, y1) = box.get_xy(), (box.get_x() + box.get_width(), box.get_y() + box.get_height())
+    (left, right), (bottom, top) = ax.get_xlim(), ax.get_ylim()
+    assert left < x0 < x1 < right and top < y0 < y1 < bottom, "the box lies on the frame"
+    assert f"the whole {w}×{h} px image" in ax.get_title()
 
 
 def test_occlusion_panel_e_says_when_one_class_wins(occlusion_result):

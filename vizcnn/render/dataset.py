@@ -43,6 +43,21 @@ def _is_dead(c: Cell) -> bool:
     return not c[2] > 0
 
 
+def _never_fire(units: Sequence[int]) -> str:
+    """"unit 4 never fires", "2 units never fire: 1 and 4", "3 units never fire: 1, 4 and 7"."""
+    if len(units) == 1:
+        return f"unit {units[0]} never fires"
+    listed = ", ".join(map(str, units[:-1])) + f" and {units[-1]}"
+    return f"{len(units)} units never fire: {listed}"
+
+
+def _label_size(text: str, width_px: float, dpi: float, largest: float = 6.0, smallest: float = 3.5) -> float:
+    """The font size (pt) at which ``text`` fits ``width_px`` (a character taken as 0.6 em,
+    as :func:`vizcnn.render.common.wrap` does), at most ``largest``, at least ``smallest``."""
+    fits = width_px / max(1, len(text)) / 0.6 * 72 / dpi
+    return float(min(largest, max(smallest, fits)))
+
+
 def topk_page(rows: Sequence[tuple[int, Sequence[Cell | None]]], title: str, *, cell: int | None = None) -> Figure:
     """One page of a layer's top-k grid: a row per unit, in each row k pairs
     (projection | image patch) best first, the activation value above each pair.
@@ -90,7 +105,7 @@ def topk_page(rows: Sequence[tuple[int, Sequence[Cell | None]]], title: str, *, 
     if dead_cells:
         notes.append(f"dashed red, \"dead (0)\": {dead_cells} of {shown} winners have activation 0 (the unit does "
                      f"not fire there; its projection is blank)"
-                     + (f"; units that never fire: {', '.join(map(str, dead_units))}" if dead_units else ""))
+                     + (f"; {_never_fire(dead_units)}" if dead_units else ""))
     # receptive fields clipped at the image border give smaller crops: compare full-size ones
     full = max((c[0].shape for _, cs in rows for c in cs if c is not None), default=None, key=lambda s: s[0] * s[1])
     means = [np.mean([c[0] for c in cs if c is not None and not _is_dead(c) and c[0].shape == full], axis=0)
@@ -109,8 +124,9 @@ def topk_page(rows: Sequence[tuple[int, Sequence[Cell | None]]], title: str, *, 
     left = 0.8 + (fw_fig - fw) / 2
     ax = fig.add_axes((left / fw_fig, margin_b / fh, (width * scale / dpi) / fw_fig, (height * scale / dpi) / fh))
     ax.imshow(mosaic, interpolation="nearest" if scale == 1 else "antialiased")
+    pair_px = pair * scale  # a label gets its pair's width: the font shrinks to fit the whole name
     for x, y, text, colour in texts:
-        ax.text(x, y, text, ha="center", va="bottom", fontsize=6, color=colour)
+        ax.text(x, y, text, ha="center", va="bottom", fontsize=_label_size(text, pair_px, dpi), color=colour)
     for x0, y0 in frames:
         ax.add_patch(Rectangle((x0 - 1.5, y0 - 1.5), pair + 2, cell + 2, fill=False, edgecolor="#cc3311",
                                linestyle="--", linewidth=1.0))
@@ -129,12 +145,17 @@ def topk_page(rows: Sequence[tuple[int, Sequence[Cell | None]]], title: str, *, 
 
 
 def dead_filter_figure(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str, min_firing: float,
-                       *, bins: int = 40) -> Figure:
+                       *, bins: int = 30) -> Figure:
     """Per layer a histogram of the filters' firing fractions (fraction of positions with
-    activation > 0), dead filters stacked in red, the firing threshold dashed.
+    activation > 0) on a log axis, so that the firing threshold (dashed) sits where it
+    can be seen; dead filters stacked in red. Filters firing on fewer than a tenth of the
+    threshold's share of positions (0 included) get their own bar at the left, labelled
+    "< lo", apart from every filter that fires.
 
     rows: (layer, firing (C,) in [0, 1], dead (C,) bool).
     """
+    from matplotlib.ticker import FixedLocator, NullFormatter
+
     n = len(rows)
     cols = min(3, n)
     nrows = math.ceil(n / cols)
@@ -143,17 +164,27 @@ def dead_filter_figure(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], title
     axes = fig.subplots(nrows, cols, squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
-    edges = np.linspace(0, 1, bins + 1)
+    lo = min_firing / 10 if min_firing > 0 else 1e-4
+    edges = np.geomspace(lo, 1, bins + 1)
+    bar = (lo / 12, lo / 3)  # the "< lo" bar, a decade left of the axis's first bin
+    centre = math.sqrt(bar[0] * bar[1])
+    decades = [10.0 ** k for k in range(math.ceil(math.log10(lo) - 1e-9), 1)]
     for ax, (name, firing, dead) in zip(axes.flat, rows):
         firing, dead = np.asarray(firing, dtype=float), np.asarray(dead, dtype=bool)
-        ax.hist([firing[~dead], firing[dead]], bins=edges, stacked=True, color=["#4477aa", "#cc3311"],
+        placed = np.where(firing < lo, centre, firing)
+        ax.hist([placed[~dead], placed[dead]], bins=np.concatenate([bar, edges]), stacked=True,
+                color=["#4477aa", "#cc3311"],
                 label=[f"live ({int((~dead).sum())})", f"dead ({int(dead.sum())})"])
-        ax.axvline(min_firing, color="black", linestyle="--", linewidth=0.8, label=f"min firing {min_firing:g}")
+        ax.axvline(min_firing, color="black", linestyle="--", linewidth=1.0, label=f"min firing {min_firing:g}")
+        ax.set_xscale("log")
+        ax.set_xlim(lo / 20, 1.3)
+        ax.xaxis.set_major_locator(FixedLocator([centre, *decades]))
+        ax.xaxis.set_major_formatter(lambda v, _pos: f"< {lo:g}" if math.isclose(v, centre) else f"{v:g}")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(wrap(f"{name}: {int(dead.sum())} of {len(dead)} filters dead ({100 * dead.mean():.1f}%)", 3.6, 9),
                      fontsize=9)
-        ax.set_xlabel("fraction of positions where it fires (> 0)", fontsize=8)
+        ax.set_xlabel("fraction of positions where it fires (> 0), log scale", fontsize=8)
         ax.set_ylabel("filters", fontsize=8)
-        ax.set_xlim(0, 1)
         ax.tick_params(labelsize=7)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)

@@ -45,8 +45,9 @@ def _colorbar(fig: Figure, im, ax, label: str) -> None:
 
 
 def _title(ax, text: str, fontsize: float = 9) -> None:
-    """A panel title wrapped to a third of the widest figure, so it never runs off the page."""
-    ax.set_title(wrap(text, MAX_WIDTH / 3 - 0.6, fontsize), fontsize=fontsize)
+    """A panel title wrapped to the panel's own width (a third of the widest figure, less
+    the colour bar's room), so it never runs off the page nor reaches its edge."""
+    ax.set_title(wrap(text, MAX_WIDTH / 3 - 1.1, fontsize), fontsize=fontsize)
 
 
 def _target_words(result: OcclusionResult, target_label: str | None) -> str:
@@ -102,10 +103,14 @@ def occlusion_figure(image: np.ndarray, result: OcclusionResult, *, model_name: 
     if result.projection is not None:
         top, bottom, left, right = result.projection_box
         ax.imshow(np.clip(as_display(result.projection), 0, 1), interpolation="nearest")
-        ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, edgecolor="tab:orange",
-                               linestyle="--", linewidth=1.0))
+        # drawn through the centres of the box's edge pixels, above the frame: a receptive field
+        # as large as the image would otherwise lie on the axes' own border, unseen
+        ax.add_patch(Rectangle((left, top), max(right - left - 1, 0.5), max(bottom - top - 1, 0.5), fill=False,
+                               edgecolor="tab:orange", linestyle="--", linewidth=1.6, zorder=5))
+        whole = (top, left) == (0, 0) and (bottom, right) == (h, w)
+        where = f"the whole {w}×{h} px image" if whole else f"{right - left}×{bottom - top} px"
         _title(ax, f"(c) deconvnet projection of {result.layer} map {result.channel} at (y={result.unit[0]}, "
-                     f"x={result.unit[1]})\ndashed: its {bottom - top}×{right - left} px receptive field", fontsize=9)
+                     f"x={result.unit[1]})\norange dashes: its receptive field, {where}", fontsize=9)
         pixel_axes(ax, h, w)
         if not bool(result.projection.abs().max() > 0):
             ax.text(w / 2, h / 2, "zero projection:\nthe unit's activation is 0", ha="center", va="center",

@@ -20,10 +20,9 @@ from ..render.dataset import dead_filter_figure, topk_page
 
 
 def _caption(source: ImageSource, i: int) -> str:
-    """A short name for image i in a figure: the file name without suffix, else ``#i``."""
+    """Image i's name in a figure: the file name without suffix, whole, else ``#i``."""
     name = source.describe(i)
-    stem = os.path.splitext(os.path.basename(name))[0] if name != f"{source.name}#{i}" else f"#{i}"
-    return stem if len(stem) <= 14 else stem[:13] + "…"
+    return os.path.splitext(os.path.basename(name))[0] if name != f"{source.name}#{i}" else f"#{i}"
 
 
 def _skipped_json(skipped: list[Skipped]) -> list[dict]:
