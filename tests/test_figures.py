@@ -272,3 +272,14 @@ def test_num_has_no_negative_zero():
     assert common.num(-0.001, 1) == "-0.001"
     assert f"{-0.0001:.2f}" == "-0.00"  # what the helper exists for
     assert common.figure_title("m", weights="random", layer="l", method="x") == "m (random weights) · layer l · x"
+
+
+def test_channel_averaged_filters_are_not_called_rgb():
+    """Weights trained on grey images (conv1's channels set to their mean) are drawn and
+    named as grey; only filters whose channels differ are RGB."""
+    w = torch.randn(6, 1, 5, 5, generator=rng()).repeat(1, 3, 1, 1)
+    fig = render_filters.filter_grid(w, TITLE)
+    check_standard(fig)
+    said = " ".join(t.get_text() for t in _texts(fig))
+    assert "RGB" not in said and "grey" in said
+    assert "RGB" in " ".join(t.get_text() for t in _texts(render_filters.filter_grid(torch.randn(6, 3, 5, 5), TITLE)))

@@ -28,7 +28,9 @@ def filter_images(weight: torch.Tensor) -> tuple[np.ndarray, str]:
     if w.dim() != 4:
         raise BadArgumentError(f"expected filters (N, C, kh, kw), got shape {tuple(w.shape)}")
     c = w.shape[1]
-    if c == 3:
+    if c == 3 and bool((w == w[:, :1]).all()):  # channel-averaged (trained on grey): one grey image each
+        shown, what = w[:, :1], "grey (its 3 channels are equal)"
+    elif c == 3:
         shown, what = w, "RGB"
     elif c == 1:
         shown, what = w, "grey"
