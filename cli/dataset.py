@@ -137,6 +137,7 @@ def dead_filters(model, data, layers, min_firing, min_max, batch_size, workers, 
     `fashion-mnist[:test|:train]`). Runs under `torchrun --nproc_per_node N` as it is.
     """
     from vizcnn.core.layers import conv_layers
+    from vizcnn.methods.spectra import grey_weights
     from vizcnn.writers.dataset import write_dead_filters
 
     with _session(model, data, weights, seed, device, limit, out, "dead-filters", force) as (spec, net, source,
@@ -144,7 +145,13 @@ def dead_filters(model, data, layers, min_firing, min_max, batch_size, workers, 
             progress(as_json) as p:
         summary = write_dead_filters(folder, net, model, source, spec, layers=list(layers) or conv_layers(net),
                                      min_firing=min_firing, min_max=min_max, batch_size=batch_size,
-                                     num_workers=workers, extra=extra, progress=p)
+                                     num_workers=workers, grey=grey_weights(model, extra["weights"]), extra=extra,
+                                     progress=p)
     if summary is not None:
-        lines = [f"{e['layer']}: {e['dead']} of {e['filters']} filters dead" for e in summary["layers"]]
+        lines = [f"{e['layer']}: {e['dead']} of {e['filters']} dead (never fire)"
+                 + (f"; {w['dead']} dead filters (near-zero or structureless weights"
+                    + (f": {', '.join(map(str, w['dead_filters'][:12]))}{', ...' if w['dead'] > 12 else ''}"
+                       if w["dead"] else "") + f"; a white-noise layer: {w['noise_rate']:.0%})"
+                    if (w := e["dead_weights"]) is not None else "")
+                 for e in summary["layers"]]
         echo_summary(summary, as_json, "\n".join([*lines, _line(summary, folder)]), folder)

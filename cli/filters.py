@@ -10,6 +10,14 @@ from .options import (default_weights, echo_summary, force_option, json_option, 
                       output_folder, seed_option, weights_option, wrote)
 
 
+def dead_line(dead: dict) -> str:
+    """The one-line count of dead filters (near-zero or structureless weights) with their
+    indices and the white-noise base rate."""
+    shown = ", ".join(map(str, dead["dead_filters"][:12])) + (", ..." if dead["dead"] > 12 else "")
+    return (f"{dead['dead']} dead filters (near-zero or structureless weights{': ' + shown if shown else ''}; "
+            f"a white-noise layer: {dead['noise_rate']:.0%})")
+
+
 @cli.command()
 @model_argument
 @click.option("--layer", default=None, metavar="NAME",
@@ -33,7 +41,7 @@ def filters(model, layer, size, weights, seed, out, force, as_json):
     energy outside |fx|, |fy| <= 1/(2 stride), which the strided convolution folds back.
     """
     from vizcnn.io.imageio import safe_filename
-    from vizcnn.methods.spectra import conv_filters, fft_size
+    from vizcnn.methods.spectra import conv_filters, fft_size, grey_weights
     from vizcnn.models import load_model
     from vizcnn.writers.filters import write_filters
 
@@ -43,14 +51,17 @@ def filters(model, layer, size, weights, seed, out, force, as_json):
     fft_size(tuple(conv.weight.shape[-2:]), size)
     default_out = Path("vizcnn-out") / f"filters-{model}-{safe_filename(conv.name)}"
     folder = output_folder(out or default_out, "filters", force=force)
-    summary = write_filters(folder, net, model, layer, size=size,
+    summary = write_filters(folder, net, model, layer, size=size, grey=grey_weights(model, weights),
                             extra={"weights": str(weights), "seed": seed if weights == "random" else None,
                                    "out": str(folder.final)})
     af, bands = summary["alias_fraction"], summary["bands"]["fractions"]
+    if summary["effective"] != "the weights":
+        click.echo(f"{model} --weights {weights} was trained on grey images: measuring each filter's channel sum, "
+                   f"the part the data trains", err=True)
     echo_summary(summary, as_json,
                  f"{model} {summary['layer']} ({summary['module']}): {summary['filters']} filters, "
                  f"stride {summary['stride'][0]}; "
                  f"aliasing fraction median {af['median']:.2f} (white noise {af['noise_expected']:.2f}); "
                  f"peaks low/mid/high {bands['low']:.0%}/{bands['mid']:.0%}/{bands['high']:.0%}; "
-                 f"{summary['structure']['unstructured']} without spatial structure\n"
+                 f"{dead_line(summary['dead_filters'])}\n"
                  + wrote(summary, folder), folder)

@@ -142,15 +142,6 @@ def test_grey_effective_filter_removes_colour_difference_noise():
         effective_filters(w, grey="yes")
 
 
-def test_shipped_alexnet_noise_filters_are_dead():
-    from vizcnn.methods.spectra import conv_filters
-    from vizcnn.models import load_model
-
-    w = conv_filters(load_model("alexnet", "fashion-mnist")).weight
-    d = dead_filters(w, grey=True)
-    assert d.indices == [4, 12, 40, 53, 56, 58, 62]  # the filters drawn as noise; dead-filters' 7
-
-
 # --- aliasing (b): shift consistency ----------------------------------------------------------
 
 def subsampler(stride: int) -> nn.Module:
@@ -215,9 +206,45 @@ def test_dominant_frequency_bands():
     assert cov["bands"]["counts"] == {"low": 1, "mid": 1, "high": 1}
     assert cov["mid_fraction"] == pytest.approx(1 / 3)
     assert sum(cov["histogram"]["counts"]) == 3 and cov["grey"] is True
+    assert cov["dead"] == [] and cov["live"]["counts"] == cov["bands"]["counts"]
+    # a noise filter is dead: counted among all filters, not among the live ones
+    noise = torch.randn(1, 3, 11, 11, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    mixed = frequency_coverage(torch.cat([filters, noise * filters.norm() / noise.norm()]), grey=False)
+    assert mixed["dead"] == [3] and mixed["filters"] == 4 and mixed["live"]["filters"] == 3
+    assert mixed["live"]["counts"] == {"low": 1, "mid": 1, "high": 1}
     # a filter whose colour channels differ: grey measures the channel sum only
     colour = filters.clone()
     colour[:, 0] += 5 * torch.stack([gabor(11, 0.45, 0.0, sigma=100.0)] * 3)
     colour[:, 1] -= 5 * torch.stack([gabor(11, 0.45, 0.0, sigma=100.0)] * 3)
     assert frequency_coverage(colour, grey=True)["bands"]["counts"] == {"low": 1, "mid": 1, "high": 1}
     assert frequency_coverage(colour, grey=False)["bands"]["counts"]["high"] == 3
+
+
+# --- one definition in vizcnn filters and vizcnn dead-filters ---------------------------------
+
+def test_filters_and_dead_filters_commands_flag_the_same_filters(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    noise_filters = [4, 12, 40, 53, 56, 58, 62]
+    result = CliRunner().invoke(cli, ["filters", "alexnet", "--weights", "fashion-mnist", "--out", str(tmp_path / "f")])
+    assert result.exit_code == 0, result.output
+    assert "7 dead filters (near-zero or structureless weights: 4, 12, 40, 53, 56, 58, 62;" in result.output
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert summary["effective"] == "channel sum (grey input)"
+    assert summary["dead_filters"]["dead_filters"] == noise_filters
+    assert [f["filter"] for f in summary["per_filter"] if f["dead"]] == noise_filters
+    assert summary["dead_filters"]["noise_rate"] > 0.95
+    # the README's caption: 57/1/6 by band, and the mid and high ones are the dead filters
+    assert summary["bands"]["counts"] == {"low": 57, "mid": 1, "high": 6}
+    assert all(f["band"] == "low" for f in summary["per_filter"] if not f["dead"])
+    result = CliRunner().invoke(cli, ["dead-filters", "alexnet", "samples", "--weights", "fashion-mnist", "--layer",
+                                      "conv1", "--limit", "2", "--workers", "0", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    conv1 = json.loads((tmp_path / "d" / "summary.json").read_text())["layers"][0]
+    assert conv1["dead_weights"]["dead_filters"] == noise_filters  # the weights' count: the same 7
+    assert [u["unit"] for u in conv1["units"] if u["dead_weights"]] == noise_filters
+    assert "of 64 dead (never fire); 7 dead filters (near-zero or structureless weights: 4, 12," in result.output

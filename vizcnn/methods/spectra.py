@@ -621,7 +621,25 @@ def conv_filters(model: nn.Module, layer: str | None = None) -> ConvFilters:
     return ConvFilters(name, path, weight, stride, dilation, int(getattr(module, "groups", 1)))
 
 
+def channel_sum_measured(model: nn.Module, conv: ConvFilters, grey: bool = False) -> bool:
+    """Whether ``conv``'s effective filter is its channel sum: ``grey`` input (grey images
+    fed as equal channels) and ``conv`` is the model's first convolution, the one that sees
+    the image, or ``conv``'s channels are identical (:func:`identical_channels`)."""
+    if grey and conv.path == conv_filters(model).path:
+        return True
+    return identical_channels(conv.weight)
+
+
+def layer_dead_filters(model: nn.Module, layer: str | None = None, *, grey: bool = False,
+                       size: int | None = None) -> tuple[ConvFilters, DeadFilters]:
+    """The convolution ``layer`` (:func:`conv_filters`) and its dead filters
+    (:func:`dead_filters`), measured on the channel sum where
+    :func:`channel_sum_measured` says so. The model is only read."""
+    conv = conv_filters(model, layer)
+    return conv, dead_filters(conv.weight, grey=channel_sum_measured(model, conv, grey), size=size)
+
+
 __all__ = ["BANDS", "DEAD_NORM_RATIO", "DEFAULT_SIZE", "ENTROPY_BIN", "NOISE_QUANTILE", "ConvFilters", "DeadFilters",
-           "FilterSpectra", "band_of", "conv_filters", "dead_filters", "effective_filters", "grey_weights",
-           "identical_channels", "entropy_bins", "fft_size", "filter_spectra", "frequency_histogram", "noise_alias_fraction", "normalised_entropy",
+           "FilterSpectra", "band_of", "channel_sum_measured", "conv_filters", "dead_filters", "effective_filters", "grey_weights",
+           "identical_channels", "layer_dead_filters", "entropy_bins", "fft_size", "filter_spectra", "frequency_histogram", "noise_alias_fraction", "normalised_entropy",
            "per_filter", "summarize"]

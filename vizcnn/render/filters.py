@@ -21,7 +21,8 @@ DB_RANGE = 40.0  # dynamic range of the spectrum panels, dB below each filter's 
 def filter_images(weight: torch.Tensor) -> tuple[np.ndarray, str]:
     """Filters (N, C, kh, kw) as N images (N, kh, kw, 3) in [0, 1], channels last, each
     normalised independently (its own min -> 0, max -> 1, as the paper's panels), and a
-    word for what is shown: ``"RGB"`` for 3 input channels, ``"grey"`` for 1, and for any
+    word for what is shown: ``"RGB"`` for 3 input channels (grey when the three are equal, as
+    in channel-averaged weights), ``"grey"`` for 1, and for any
     other count ``"strongest input channel"`` (the channel with the largest norm, grey).
     A constant filter is shown mid-grey."""
     w = weight.detach().float().cpu()
@@ -79,7 +80,7 @@ def filter_grid(weight: torch.Tensor, title: str, *, flagged: torch.Tensor | Non
                 max_filters: int = MAX_SHOWN) -> Figure:
     """The filters as images in a grid (Zeiler & Fergus Fig. 6 b/c), numbered row by row
     from 0. ``flagged`` (N,) bool marks filters drawn with a red frame (e.g. the
-    unstructured ones)."""
+    dead ones, ``vizcnn.methods.spectra.dead_filters``)."""
     images, what = filter_images(weight)
     n, legend = _shown_count(len(images), max_filters)
     columns, rows = _layout(n)
@@ -89,7 +90,7 @@ def filter_grid(weight: torch.Tensor, title: str, *, flagged: torch.Tensor | Non
     fig_w = min(MAX_WIDTH, max(7.0, 0.75 * columns + 0.4))
     note = f"{legend} (numbered row by row from 0), {what}, each scaled to its own min–max"
     if flagged is not None and bool(flagged[:n].any()):
-        note += f"\nred frame: no spatial structure ({int(flagged.sum())} of {len(images)})"
+        note += f"\nred frame: dead, near-zero or structureless weights ({int(flagged.sum())} of {len(images)})"
     w_all = weight.detach().flatten(1)[:n]
     constant = int((w_all.amax(dim=1) == w_all.amin(dim=1)).sum()) if w_all.numel() else 0
     if constant:

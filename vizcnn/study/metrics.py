@@ -38,7 +38,7 @@ from torch import nn
 from ..core.errors import BadArgumentError, BadInputError
 from ..core.extract import Extractor
 from ..core.state import preserved_model
-from ..methods.spectra import (BANDS, band_of, effective_filters, entropy_bins, filter_spectra,
+from ..methods.spectra import (BANDS, band_of, dead_filters, effective_filters, entropy_bins, filter_spectra,
                                frequency_histogram, normalised_entropy)
 
 DEFAULT_SHIFTS = ((1, 0), (0, 1), (1, 1), (2, 0), (0, 2), (2, 2), (3, 0), (0, 3), (3, 3))
@@ -303,21 +303,35 @@ def frequency_coverage(weight: torch.Tensor, grey: bool) -> dict:
     whatever the stride. The frequency is independent of the stride; the kernel size is
     separated from the stride by the study's factorial design.
 
+    Dead filters (:func:`vizcnn.methods.spectra.dead_filters`) are noise, whose peak lands
+    anywhere (mostly in the extreme-high band: most of the frequency grid lies there), so
+    the same numbers are also given over the live filters alone (``live``).
+
     Returns ``peak_frequency`` (per filter), ``bands`` {edges, counts, fractions},
-    ``mid_fraction``, ``histogram`` {edges, counts}, ``entropy``, ``grey``, ``filters``.
+    ``mid_fraction``, ``histogram`` {edges, counts}, ``entropy``, ``grey``, ``filters``,
+    ``dead`` (indices) and ``live`` {filters, counts, fractions, mid_fraction} (fractions
+    None when every filter is dead).
     """
     eff = effective_filters(weight, grey)
     s = filter_spectra(eff, 1, keep_power=False, structure=False)
     peaks = s.peak_frequency.double().cpu()
     n = int(peaks.numel())
-    counts = torch.bincount(band_of(peaks, BANDS), minlength=3).tolist()
+    band = band_of(peaks, BANDS)
+    counts = torch.bincount(band, minlength=3).tolist()
     hist = frequency_histogram(peaks)
     names = ("low", "mid", "high")
+    dead = dead_filters(weight, grey=grey).dead.cpu()
+    alive = int((~dead).sum())
+    live = torch.bincount(band[~dead], minlength=3).tolist()
     return {"filters": n, "grey": grey, "peak_frequency": peaks.tolist(),
             "bands": {"edges": list(BANDS), "counts": dict(zip(names, counts)),
                       "fractions": {k: c / n for k, c in zip(names, counts)}},
             "mid_fraction": counts[1] / n,
-            "histogram": {"edges": entropy_bins(), "counts": hist}, "entropy": normalised_entropy(hist)}
+            "histogram": {"edges": entropy_bins(), "counts": hist}, "entropy": normalised_entropy(hist),
+            "dead": dead.nonzero().flatten().tolist(),
+            "live": {"filters": alive, "counts": dict(zip(names, live)),
+                     "fractions": {k: c / alive for k, c in zip(names, live)} if alive else None,
+                     "mid_fraction": live[1] / alive if alive else None}}
 
 
 __all__ = ["DEFAULT_SHIFTS", "HF_CUTOFF", "data_alias_fraction", "dense_alias_fraction", "frequency_coverage",

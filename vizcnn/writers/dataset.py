@@ -15,6 +15,7 @@ from ..core.progress import ProgressFn
 from ..io.imageio import safe_filename, save_figure
 from ..io.sources import ImageSource, default_workers
 from ..methods.scan import MIN_FIRING, MIN_MAX, ORDER, FilterStats, ScanResult, parse_units
+from ..methods.spectra import layer_dead_filters
 from ..render.common import as_display, figure_title
 from ..render.dataset import dead_filter_figure, topk_page
 
@@ -39,17 +40,27 @@ def _pass_json(result: ScanResult, source: ImageSource, batch_size: int, workers
     }
 
 
-def stats_json(model: nn.Module, name: str, s: FilterStats, min_firing: float, min_max: float) -> dict:
+def stats_json(model: nn.Module, name: str, s: FilterStats, min_firing: float, min_max: float, *,
+               grey: bool = False) -> dict:
+    """One layer's two counts: ``dead`` (never fire: the functional rate over the data) and,
+    for a layer fed by a convolution, ``dead_weights`` (dead filters in the paper's sense,
+    near-zero or structureless weights: ``vizcnn.methods.spectra.dead_filters``; with
+    ``grey`` input the first convolution's channel sum is measured)."""
     dead = s.dead(min_firing, min_max)
     firing, mean = s.firing.tolist(), s.mean.tolist()
     maxima, norms = s.max.tolist(), None if s.weight_norm is None else s.weight_norm.tolist()
     n = len(firing)
+    weights = None
+    if s.conv is not None:
+        _conv, found = layer_dead_filters(model, s.conv, grey=grey)
+        weights = found.to_json() if len(found) == n else None
     return {
         "layer": name, "module": resolve_layer(model, name)[0], "conv": s.conv, "filters": n,
         "positions": s.positions, "dead": int(dead.sum()), "dead_fraction": float(dead.sum()) / max(n, 1),
-        "dead_units": [i for i in range(n) if dead[i]],
+        "dead_units": [i for i in range(n) if dead[i]], "dead_weights": weights,
         "units": [{"unit": i, "firing": firing[i], "mean": mean[i], "max": maxima[i],
-                   "weight_norm": None if norms is None else norms[i], "dead": bool(dead[i])} for i in range(n)],
+                   "weight_norm": None if norms is None else norms[i], "dead": bool(dead[i]),
+                   "dead_weights": None if weights is None else i in weights["dead_filters"]} for i in range(n)],
     }
 
 
@@ -66,7 +77,8 @@ def write_dead_filter_figure(out, model_name: str, data_name: str, images: int, 
     rows = [(name, s.firing.numpy(), s.dead(min_firing, min_max).numpy()) for name, s in stats.items()]
     title = (figure_title(model_name, weights=weights, layer=", ".join(stats), method="dead filters",
                           what=f"firing fraction per filter over {images} images ({data_name})")
-             + f"\ndead: fires on < {min_firing:g} of positions, or max ≤ {min_max:g} × the layer's largest max")
+             + f"\ndead (never fire): fires on < {min_firing:g} of positions, or max ≤ {min_max:g} × the layer's "
+               f"largest max")
     file = "dead_filters.png"
     save_figure(dead_filter_figure(rows, title, min_firing), out.path(file))
     return file
@@ -76,7 +88,8 @@ def write_topk(out, model: nn.Module, model_name: str, source: ImageSource, spec
                top: int = 9, distinct_images: bool = False, units: str | Sequence[int] | None = None,
                method: str = "deconvnet", dead_filters: bool = False, min_firing: float = MIN_FIRING,
                min_max: float = MIN_MAX, batch_size: int = 32, num_workers: int | None = None,
-               page_units: int = 16, extra: dict | None = None, progress: ProgressFn | None = None) -> dict | None:
+               page_units: int = 16, grey: bool = False, extra: dict | None = None,
+               progress: ProgressFn | None = None) -> dict | None:
     """``vizcnn topk``: one pass (with the dead-filter statistics of the same layers when
     ``dead_filters``), then the winners of ``units`` projected (default the first page,
     ``page_units`` units; ``"all"`` for every unit), one paged PNG grid per layer
@@ -160,16 +173,19 @@ def write_topk(out, model: nn.Module, model_name: str, source: ImageSource, spec
         summary["dead_filters"] = {"min_firing": min_firing, "min_max": min_max, "figure": write_dead_filter_figure(
             out, model_name, source.name, result.images, stats, min_firing, min_max,
             weights=(extra or {}).get("weights")),
-            "layers": [stats_json(model, n, s, min_firing, min_max) for n, s in stats.items()]}
+            "layers": [stats_json(model, n, s, min_firing, min_max, grey=grey) for n, s in stats.items()]}
     return out.finish(summary)
 
 
 def write_dead_filters(out, model: nn.Module, model_name: str, source: ImageSource, spec, *,
                        layers: Sequence[str], min_firing: float = MIN_FIRING, min_max: float = MIN_MAX,
-                       batch_size: int = 32, num_workers: int | None = None, extra: dict | None = None,
-                       progress: ProgressFn | None = None) -> dict | None:
+                       batch_size: int = 32, num_workers: int | None = None, grey: bool = False,
+                       extra: dict | None = None, progress: ProgressFn | None = None) -> dict | None:
     """``vizcnn dead-filters``: one pass, the firing-fraction histogram (dead_filters.png)
-    and summary.json with every filter's statistics. Rank 0 writes (see write_topk)."""
+    and summary.json with every filter's statistics and both counts per layer: dead
+    (never fire) and dead filters (near-zero or structureless weights; ``grey``: the
+    model's input is grey fed as equal channels, see :func:`stats_json`). Rank 0 writes
+    (see write_topk)."""
     _check_thresholds(min_firing, min_max)
     layers = list(dict.fromkeys(layers))
     for name in layers:
@@ -181,7 +197,7 @@ def write_dead_filters(out, model: nn.Module, model_name: str, source: ImageSour
     stats = {n: s.cpu() for n, s in result.stats.items()}
     file = write_dead_filter_figure(out, model_name, source.name, result.images, stats, min_firing, min_max,
                                     weights=(extra or {}).get("weights"))
-    entries = [stats_json(model, n, s, min_firing, min_max) for n, s in stats.items()]
+    entries = [stats_json(model, n, s, min_firing, min_max, grey=grey) for n, s in stats.items()]
     summary = {"model": model_name, "data": source.name, "input_size": list(spec.input_size),
                "min_firing": min_firing, "min_max": min_max, **(extra or {}),
                **_pass_json(result, source, batch_size, num_workers), "figure": file,
