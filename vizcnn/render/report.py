@@ -148,8 +148,8 @@ def _filters_section(f: dict, fmt: str) -> str:
     body += _fig(figs["filters"], (
         f"The {f['filters']} filters of {_e(f['layer'])} (<code>{_e(f['module'])}</code>, "
         f"{f['kernel'][0]}×{f['kernel'][1]}, stride {f['stride'][0]}), each scaled to its own range "
-        f"(grey = 0); colour where the layer sees RGB. Filters the structure test finds no spatial "
-        f"structure in are marked."), alt="filters", fmt=fmt)
+        f"(grey = 0); colour where the layer sees RGB. Dead filters (near-zero or structureless weights: "
+        f"a norm under a tenth of the layer's median, or no spatial structure) are marked."), alt="filters", fmt=fmt)
     body += _fig(figs["spectra"], (
         "Each filter's power spectrum (frequency in cycles/pixel, 0 at the centre) with the stride's "
         "Nyquist square: energy outside it is folded back (aliased) by the strided convolution."),
@@ -304,13 +304,15 @@ def _dataset_section(ds: dict, fmt: str) -> str:
     if dead:
         rows = [[_e(e["layer"]), _num(e["filters"]), _num(e["dead"]), _pct(e["dead_fraction"]),
                  _e(", ".join(map(str, e["dead_units"][:12])) + (" …" if len(e["dead_units"]) > 12 else "")
-                    or "none")]
+                    or "none"),
+                 "–" if not e.get("dead_weights") else _num(e["dead_weights"]["dead"])]
                 for e in dead["layers"]]
-        body += "<h3>Dead filters</h3>" + _table(["layer", "filters", "dead", "dead %", "dead units"], rows,
-                                                [False, True, True, True, False])
+        body += "<h3>Dead filters</h3>" + _table(["layer", "filters", "dead (never fire)", "dead %", "dead units",
+                                                  "dead filters (near-zero or structureless weights)"], rows,
+                                                [False, True, True, True, False, True])
         body += _fig(dead["figure"], (
             f"Per layer, the fraction of positions where each filter fires (&gt; 0) over the dataset. "
-            f"Dead: fires on fewer than {dead['min_firing']:g} of the positions, or its largest activation "
+            f"Dead (never fire): fires on fewer than {dead['min_firing']:g} of the positions, or its largest activation "
             f"is at most {dead['min_max']:g} × the layer's largest."), alt="dead filters", fmt=fmt)
     return body
 
@@ -344,9 +346,9 @@ def render_index(summary: dict) -> str:
                          f"Nyquist limit and is aliased (white-noise filters: {_pct(af['noise_expected'])})"))
         else:
             keys.append((f"{_e(f['layer'])} aliasing", "none: stride 1 keeps every frequency"))
-        st = f.get("structure", {})
-        keys.append((f"{_e(f['layer'])} filters", f"{f['filters']} filters, {st.get('unstructured', '–')} without "
-                                                   f"spatial structure; peak frequency low/mid/high "
+        dead = f.get("dead_filters") or {}
+        keys.append((f"{_e(f['layer'])} filters", f"{f['filters']} filters, {dead.get('dead', '–')} dead "
+                                                   f"(near-zero or structureless weights); peak frequency low/mid/high "
                                                    f"{_pct(f['bands']['fractions']['low'])} / "
                                                    f"{_pct(f['bands']['fractions']['mid'])} / "
                                                    f"{_pct(f['bands']['fractions']['high'])}"))
@@ -370,7 +372,11 @@ def render_index(summary: dict) -> str:
     ds = s.get("dataset")
     if ds and ds.get("dead_filters"):
         parts = [f"{_e(e['layer'])} {e['dead']}/{e['filters']}" for e in ds["dead_filters"]["layers"]]
-        keys.append(("dead filters", f"{', '.join(parts)} over {ds['images']} images of {_e(ds['data'])}"))
+        keys.append(("dead (never fire)", f"{', '.join(parts)} over {ds['images']} images of {_e(ds['data'])}"))
+        weights = [f"{_e(e['layer'])} {e['dead_weights']['dead']}/{e['filters']}" for e in ds["dead_filters"]["layers"]
+                   if e.get("dead_weights")]
+        if weights:
+            keys.append(("dead filters (near-zero or structureless weights)", ", ".join(weights)))
     card = s.get("card")
     if card:
         keys.append(("model size", f"{_num(card['params'])} parameters, {_flops(card['flops'])} per image"))

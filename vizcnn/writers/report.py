@@ -53,6 +53,7 @@ from ..render.common import model_title
 from ..render.report import render_index
 from .dataset import write_topk
 from .deconv import write_deconv
+from ..methods.spectra import grey_weights
 from .filters import write_filters
 from .invariance import write_invariance
 from .occlusion import write_occlusion
@@ -229,6 +230,7 @@ def _runners(out, model, model_name, image, x, *, spec, layers, top, data, names
              data_units, batch_size, num_workers, extra) -> dict[str, Callable[[], dict]]:
     """One function per step; each returns the step's summary."""
     title = model_title(model_name, (extra or {}).get("weights"))  # "alexnet (random weights)": figures say so
+    grey = grey_weights(model_name, (extra or {}).get("weights"))  # grey-trained: measure conv1's channel sum
 
     def plain(summary: dict) -> dict:
         if summary.get("model") == title:
@@ -239,7 +241,7 @@ def _runners(out, model, model_name, image, x, *, spec, layers, top, data, names
         return card_json(model, model_name, tuple(x.shape[1:]), spec)
 
     def filters():
-        return plain(write_filters(StepFolder(out, "filters", fmt), model, title))
+        return plain(write_filters(StepFolder(out, "filters", fmt), model, title, grey=grey))
 
     def deconv():
         return plain(write_deconv(StepFolder(out, "deconv", fmt), model, title, image, x, layers=layers, top=top))
@@ -262,7 +264,7 @@ def _runners(out, model, model_name, image, x, *, spec, layers, top, data, names
     def dataset():
         return plain(write_topk(StepFolder(out, "dataset", fmt), model, title, data, spec, layers=layers, top=top,
                                 dead_filters=True, page_units=data_units, batch_size=batch_size,
-                                num_workers=num_workers))
+                                num_workers=num_workers, grey=grey))
 
     return {"card": card, "filters": filters, "deconv": deconv, "saliency": saliency, "sanity": sanity,
             "occlusion": occlusion, "invariance": invariance, "dataset": dataset}
