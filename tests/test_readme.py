@@ -30,9 +30,10 @@ def test_python_blocks_run(capsys, tmp_path, monkeypatch):
     for code in blocks("python"):
         exec(compile(code, "README.md", "exec"), {})
     assert "torch.Size" in capsys.readouterr().out
-    saved = re.findall(r'save_figure\(.*"([\w.]+\.png)"\)', README)
+    saved = re.findall(r'save_figure\(.*"([\w./-]+\.png)"\)', README)
     assert saved, "the README shows how to save a figure"
     for name in saved:
+        assert name.startswith("vizcnn-out/"), f"{name}: README examples write under vizcnn-out/ (.gitignore)"
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
@@ -51,6 +52,7 @@ def test_console_commands_run(command, tmp_path, monkeypatch):
     args = args[1:]
     if "--out" in args:
         i = args.index("--out") + 1
+        assert args[i].startswith("vizcnn-out/"), f"{command}: README examples write under vizcnn-out/ (.gitignore)"
         args[i] = str(tmp_path / args[i])
     monkeypatch.chdir(ROOT)
     result = CliRunner().invoke(cli, args)

@@ -1,6 +1,7 @@
 """A wheel that works: built from the sources alone, installed (not editable) into a
-fresh virtual environment, and run from another folder — the README's quick start, a
-learned LeNet-5 and DATA=samples need nothing outside the installed package.
+fresh virtual environment, and run from another folder — the README's quick start and
+both of its Python snippets, verbatim, a learned LeNet-5 and DATA=samples need nothing
+outside the installed package.
 
 The fresh environment borrows this one's third-party packages (torch, torchvision, …)
 through a path file, so nothing is downloaded; the editable install of the working tree
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -79,11 +82,7 @@ def test_the_installed_package_runs_from_another_folder(installed, tmp_path):
     assert all(Path(line).resolve().is_relative_to(site.resolve()) for line in where.stdout.split()), where.stdout
     samples = site / "vizcnn" / "samples"
 
-    # the README's quick start, on the learned AlexNet shipped in the wheel
-    _vizcnn(installed, "deconv", "alexnet", samples / "cat.jpg", "--weights", "fashion-mnist", "--out", "quick",
-            "--force", cwd=tmp_path)
-    assert json.loads((tmp_path / "quick" / "summary.json").read_text())["layers"]
-    # the learned LeNet-5
+    # (the README's quick start: the test below) the learned LeNet-5, from an absolute path
     _vizcnn(installed, "deconv", "lenet5", samples / "fashion-bag.png", "--weights", "fashion-mnist",
             "--out", "lenet", cwd=tmp_path)
     assert (tmp_path / "lenet" / "summary.json").is_file()
@@ -93,3 +92,34 @@ def test_the_installed_package_runs_from_another_folder(installed, tmp_path):
             "--out", "topk", cwd=tmp_path)
     summary = json.loads((tmp_path / "topk" / "summary.json").read_text())
     assert summary["data"] == "samples" and summary["images"] >= 5
+
+
+def _readme_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+
+
+def test_the_readme_quick_start_and_snippets_run_unchanged_from_the_wheel(installed, tmp_path):
+    """The README's set-up line ends in the quick start; it and both Python snippets run as
+    printed, in a folder with no samples/ (the shipped samples are found, and said so)."""
+    python, site = installed
+    setup = _readme_blocks("bash")[0].strip()
+    quick = shlex.split(setup.rsplit("&& vizcnn ", 1)[1])
+    assert quick[:2] == ["deconv", "alexnet"] and "samples/cat.jpg" in quick
+    assert not (tmp_path / "samples").exists()
+    done = _vizcnn(installed, *quick, cwd=tmp_path)
+    assert f"reading the sample shipped with vizcnn: {site / 'vizcnn' / 'samples' / 'cat.jpg'}" in done.stderr
+    out = tmp_path / quick[quick.index("--out") + 1]
+    assert json.loads((out / "summary.json").read_text())["layers"]
+
+    snippets = _readme_blocks("python")
+    assert len(snippets) == 2
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(MPLBACKEND="Agg")
+    outputs = []
+    for i, code in enumerate(snippets):
+        (tmp_path / f"snippet{i}.py").write_text(code)
+        outputs.append(_run(python, f"snippet{i}.py", cwd=tmp_path, env=env, timeout=300))
+    assert "torch.Size([1, 256, 13, 13])" in outputs[0].stdout  # the first prints conv5's shape
+    assert "reading the sample shipped with vizcnn" in outputs[1].stderr
+    saved = re.findall(r'save_figure\(.*"([\w./-]+\.png)"\)', snippets[1])
+    assert saved and all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in saved), saved
