@@ -13,7 +13,7 @@ import torch
 
 from .common import describe_machine, matmul_flops_per_second
 
-SUITES = ["deconv", "saliency", "occlusion", "dataset"]
+SUITES = ["deconv", "saliency", "occlusion", "dataset", "atlas"]
 
 
 def table(rows) -> str:

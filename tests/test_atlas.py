@@ -178,6 +178,47 @@ def test_interrupted_run_resumes_to_the_same_result(site, data, tmp_path):
     assert _tree(out) == _tree(reference)
 
 
+def spawned(rank: int, world: int, port: int, data: str, out: str) -> None:
+    """One rank of a 2-process run, with the environment torchrun gives."""
+    from vizcnn.io.output import OutputDir
+    from vizcnn.methods.scan import distributed
+    from vizcnn.writers.atlas import write_atlas
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    with distributed(torch.device("cpu")):
+        folder = OutputDir(out, "atlas") if rank == 0 else None
+        result = write_atlas(folder, tiny_model(), "tiny", folder_source(data), SPEC, layers=LAYERS, top=4,
+                             optimize=False, batch_size=5, num_workers=0)
+        assert (result is None) == (rank != 0)
+
+
+def test_two_ranks_equal_one_process(site, data, tmp_path, monkeypatch):
+    """Under torchrun (here its environment, two gloo ranks): the same winners, statistics,
+    top classes and similar units as one process."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    mp.spawn(spawned, args=(2, port, str(data), str(tmp_path / "ranks")), nprocs=2, join=True)
+    merged = json.loads((tmp_path / "ranks" / "summary.json").read_text())
+    _, single = site
+    assert merged["world_size"] == 2 and merged["images"] == single["images"] == 24
+    for a, b in zip(merged["layers"], single["layers"]):
+        assert a["dead_units"] == b["dead_units"]
+        for ua, ub in zip(a["units"], b["units"]):
+            assert [w["image"] for w in ua["winners"]] == [w["image"] for w in ub["winners"]]
+            assert [(k, ua[k]) for k in ("firing", "mean", "max")] == [(k, pytest.approx(ub[k])) for k in
+                                                                      ("firing", "mean", "max")]
+            assert [c["class"] for c in ua["classes"]] == [c["class"] for c in ub["classes"]]
+            assert [s["unit"] for s in ua["similar"]] == [s["unit"] for s in ub["similar"]]
+
+
 # --------------------------------------------------------------------------- the site in Chromium
 
 
