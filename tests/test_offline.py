@@ -140,3 +140,28 @@ def test_help_lists_every_command_with_its_whole_first_sentence():
         first = command.short_help or " ".join(command.help.strip().split("\n\n")[0].split())
         assert f"{name} {first}" in listing, name
         assert first.endswith((".", "?")), name
+
+
+def test_report_says_which_classes_shipped_weights_know_and_not_imagenets_figures():
+    """With the shipped Fashion-MNIST weights the report's headline says the model knows
+    only those 10 classes, and its model card shows those weights' own data and accuracy,
+    not ImageNet's published parameter count and top-1 (which it keeps for --weights imagenet)."""
+    from vizcnn.models.cards import card_json
+    from vizcnn.models.registry import get_spec, load_model
+    from vizcnn.models.shipped import shipped_weights
+    from vizcnn.render.report import _card_section, _prediction
+
+    shipped = shipped_weights("alexnet")["fashion-mnist"]
+    net = load_model("alexnet", "fashion-mnist")
+    card = card_json(net, "alexnet", (3, 96, 96), get_spec("alexnet", "fashion-mnist"))
+    assert card["published_params"] == 61_100_840 != card["params"] and card["top1"] is not None
+    weights_card = {"data": shipped["data"], "dataset": "Fashion-MNIST", "num_classes": 10,
+                    "accuracy": shipped["accuracy"]}
+    page = _card_section(card, "png", "fashion-mnist", weights_card)
+    assert "published" not in page and "ImageNet top-1" not in page
+    assert "held-out top-1 0.87" in page and "Fashion-MNIST train split" in page
+    imagenet = _card_section(card, "png", "imagenet", None)
+    assert "published" in imagenet and "ImageNet top-1" in imagenet
+    sal = {"class_name": "Bag", "target": 8, "probability": 0.209}
+    assert _prediction(sal, weights_card).endswith("p = 0.209 (the model knows only Fashion-MNIST's 10 classes)")
+    assert "knows only" not in _prediction(sal, None)

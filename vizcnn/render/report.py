@@ -119,8 +119,19 @@ def _class(name, index) -> str:
     return f"“{_e(name)}” (class {index})" if name is not None else f"class {index}"
 
 
-def _card_section(card: dict, fmt: str) -> str:
-    """The card step's section of index.html; figures in ``fmt``."""
+def _prediction(sal: dict, shipped: dict | None) -> str:
+    """The headline's prediction; with learned weights shipped with vizcnn, which classes the
+    model knows (a cat photo read as "Bag" by a Fashion-MNIST model is no error)."""
+    only = (f" (the model knows only {_e(shipped['dataset'])}'s {shipped['num_classes']} classes)"
+            if shipped else "")
+    return f"{_class(sal.get('class_name'), sal.get('target'))}, p = {_num(sal.get('probability'))}{only}"
+
+
+def _card_section(card: dict, fmt: str, weights: str | None = None, shipped: dict | None = None) -> str:
+    """The card step's section of index.html; figures in ``fmt``. The published parameter
+    count and ImageNet top-1 describe ImageNet's weights: they are shown with those only
+    (``shipped``: the card of learned weights shipped with vizcnn, whose own data and
+    accuracy are shown instead)."""
     body = ""
     rows = [[_e(c["layer"]), f"<code>{_e(c['module'])}</code>", _e(c["kind"]), _xy(c["kernel"]),
              _xy(c["stride"]), _e(_xy(c["padding"]) if isinstance(c["padding"], list) else c["padding"]),
@@ -129,12 +140,17 @@ def _card_section(card: dict, fmt: str) -> str:
     body += _table(["layer", "module", "kind", "kernel", "stride", "padding", "output C×H×W",
                     "receptive field (px)", "jump (px)", "parameters"], rows,
                    [False] * 3 + [True] * 7)
+    published = card.get("published_params") and (weights == "imagenet" or card["published_params"] == card["params"])
     facts = [f"input {_shape(card['input_size'])}", f"{_num(card['params'])} trainable parameters"
-             + (f" (published: {_num(card['published_params'])})" if card.get("published_params") else ""),
+             + (f" (published: {_num(card['published_params'])})" if published else ""),
              f"{_num(card['conv_params'])} of them in convolutions",
              f"{_flops(card['flops'])} per image (2 per multiply-add)"]
-    if card.get("top1") is not None:
-        facts.append(f"published ImageNet top-1 {card['top1']}% (with trained weights)")
+    if card.get("top1") is not None and weights == "imagenet":
+        facts.append(f"published ImageNet top-1 {card['top1']}%")
+    if shipped:
+        acc = shipped.get("accuracy", {})
+        facts.append(f"weights {_e(weights)} shipped with vizcnn: trained on {_e(shipped['data'])}, "
+                     f"{shipped['num_classes']} classes; held-out top-1 {_num(acc.get('top1'))} on {_e(acc.get('split'))}")
     body += _p(" · ".join(facts) + ". Receptive field: the input pixels one unit of the layer sees; "
                "jump: the distance in input pixels between neighbouring units.")
     return body
@@ -272,8 +288,7 @@ def _invariance_section(inv: dict, fmt: str) -> str:
               "image, divided by the norm of the original's, low in the network and at the last hidden "
               "layer, and the probability of the class predicted for the original. Pixels from outside the "
               "image are the dataset mean (grey).")
-    body += '<div class="grid">'
-    for t in inv["transforms"]:
+    for t in inv["transforms"]:  # one a row, at full width: three side by side were too small to read
         p = t["probability"]
         body += _fig(t["file"], (
             f"<b>{_e(t['transform'])}</b> over {_num(min(t['amounts']))}…{_num(max(t['amounts']))}: "
@@ -282,7 +297,6 @@ def _invariance_section(inv: dict, fmt: str) -> str:
             f"p({_e(t.get('target_name') or t['target'])}) {_num(t['probability_original'])} for the "
             f"original, {_num(min(p))}–{_num(max(p))} across the sweep."),
             alt=f"invariance {t['transform']}", fmt=fmt)
-    body += "</div>"
     return body
 
 
@@ -335,8 +349,7 @@ def render_index(summary: dict) -> str:
     keys: list[tuple[str, str]] = []
     sal = s.get("saliency")
     if sal:
-        keys.append(("prediction", f"{_class(sal.get('class_name'), sal.get('target'))}, "
-                                   f"p = {_num(sal.get('probability'))}"))
+        keys.append(("prediction", _prediction(sal, s.get("weights_card"))))
     f = s.get("filters")
     if f:
         af = f["alias_fraction"]
@@ -403,7 +416,8 @@ def render_index(summary: dict) -> str:
 
     dc, inv = s.get("deconv"), s.get("invariance")
     for key, title, data, body_of in (  # a step's section shows its error, if any, and its results
-            ("card", "Model card", card, _card_section),
+            ("card", "Model card", card,
+             lambda data, fmt: _card_section(data, fmt, s.get("weights"), s.get("weights_card"))),
             ("filters", "First-layer filters and their spectra", f, _filters_section),
             ("deconv", "Deconvnet: the strongest activations of each layer", dc, _deconv_section),
             ("saliency", "Saliency maps", sal, _saliency_section),

@@ -49,6 +49,7 @@ from ..io.output import OutputDir
 from ..methods.saliency import METHODS
 from ..models.cards import card_json
 from ..models.registry import get_spec
+from ..models.shipped import shipped_weights
 from ..render.common import model_title
 from ..render.report import render_index
 from .dataset import write_topk
@@ -195,6 +196,10 @@ def write_report(out: OutputDir, model: nn.Module, model_name: str, image: np.nd
     plan = [s for s in ALL_STEPS if s.key != "dataset" or data is not None]
     summary: dict = {"model": model_name, **extra, "input_size": list(x.shape[1:]), "format": fmt, "dpi": dpi,
                      "layers": layers, "top": top, "steps_run": [s.key for s in plan]}
+    card = shipped_weights(model_name).get(str(extra.get("weights")))
+    if card is not None:  # learned weights shipped with vizcnn: their own classes, data and accuracy
+        summary["weights_card"] = {"data": card["data"], "dataset": card["data"].split()[0],
+                                   "num_classes": card["num_classes"], "accuracy": card["accuracy"]}
     write_png(out.path("input.png"), np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image)
     summary["input_image"] = "input.png"
     runners = _runners(out, model, model_name, image, x, spec=spec, layers=layers, top=top, data=data,
