@@ -106,7 +106,10 @@ def models(plot, as_json):
         convs = [f"{c['layer']} {c['kernel'][0]}/{c['stride'][0]} rf{c['receptive_field'][0]}" for c in r["convs"]]
         shown = convs if len(convs) <= 16 else convs[:12] + [f"... {len(convs) - 12} more (vizcnn layers {r['name']})"]
         lines.append(f"  {r['name']}: " + ", ".join(shown))
-    echo_summary({"models": rows, "shipped_weights": shipped}, as_json, "\n".join(lines))
+    if plot:
+        lines.append(f"\nwrote the plot to {plot}")
+    echo_summary({"models": rows, "shipped_weights": shipped, **({"plot": str(plot)} if plot else {})}, as_json,
+                 "\n".join(lines))
 
 
 @cli.command()

@@ -59,7 +59,7 @@ FIGURES = (
             "image patch under the unit's receptive field (right). AlexNet (torchvision's definition) with the "
             "learned weights shipped with vizcnn: trained on Fashion-MNIST at 96 px, so its units respond to "
             "edges, bars and blobs of grey level.")},
-        fast=("--layer", "conv2", "--top", "3")),
+        fast=("--top", "3")),
     Figure(("topk", "alexnet", "samples", "--weights", "fashion-mnist", "--layer", "conv3", "--units", "0-7"), {
         "dataset-topk.png": (
             "topk_conv3_p1.png",
@@ -82,8 +82,7 @@ FIGURES = (
             "Zeiler & Fergus Fig. 7 for AlexNet (shipped Fashion-MNIST weights) and the bag: (a) the image with the "
             "grey square where it hurts most, (b) the total activation of the strongest conv5 map per square "
             "position, (c) that map's deconvnet projection, (d) the probability of the predicted class, (e) the "
-            "most probable class per position.")},
-        fast=("--stride", "16")),
+            "most probable class per position.")}),
     Figure(("filters", "alexnet", "--weights", "fashion-mnist"), {
         "conv1-filters.png": (
             "filters.png",
@@ -99,49 +98,157 @@ FIGURES = (
 )
 
 
-def make_figures(out: Path | str = DEFAULT_OUT, *, fast: bool = False, dpi: int = 100,
-                 work: Path | str | None = None, echo=print) -> list[dict]:
-    """Runs each figure's command and copies the file it keeps to ``out``; writes
-    ``out/figures.json``; returns its entries. ``fast``: the same commands doing less work
-    (smaller sweeps, fewer units), for the tests. ``work``: where the commands write
-    their folders (default a temporary folder, removed afterwards)."""
+#: The summary.json fields, at any depth, that say how a figure was made (its parameters,
+#: resolved by the code: an occlusion stride left to its default is recorded as the number
+#: used). figures.json keeps them per figure; tests/test_figures_current.py reruns the
+#: commands and calls :func:`stale` to find committed figures that the code would now
+#: draw differently.
+SETTING_KEYS = frozenset({
+    "command", "model", "weights", "method", "top", "layer", "module", "input_size", "lrn", "strict", "display",
+    "window", "stride", "positions", "fill", "engine", "steps", "baseline", "samples", "noise", "seed",
+    "layer_shape", "receptive_field", "order", "distinct_images", "data_size", "figure_units", "kernel", "dilation",
+    "groups", "fft_size", "nyquist", "edges", "filters", "weight_shape"})
+#: Summary fields that hold results (units found, their boxes, maps, timings), never searched.
+RESULT_KEYS = frozenset({"units", "winners", "per_filter", "maps", "top5", "top5_unoccluded", "min_probability",
+                         "timings_s", "files", "activation_warnings", "skipped_images"})
+
+
+def settings(summary, path: str = "") -> dict:
+    """{dotted path: value} of every :data:`SETTING_KEYS` field in a summary: dicts are
+    searched to any depth except :data:`RESULT_KEYS`, lists of at most 16 dicts item by
+    item (per-layer entries)."""
+    found = {}
+    items = summary.items() if isinstance(summary, dict) else \
+        enumerate(summary) if isinstance(summary, list) and len(summary) <= 16 else ()
+    for key, value in items:
+        where = f"{path}.{key}" if path else str(key)
+        if key in RESULT_KEYS:
+            continue
+        if isinstance(value, (dict, list)) and not (isinstance(value, list) and all(
+                isinstance(v, (int, float, str, bool)) or v is None for v in value)):
+            found.update(settings(value, where))
+        elif key in SETTING_KEYS:
+            found[where] = value
+    return found
+
+
+def weights_digest(model: str, weights: str) -> str | None:
+    """SHA-256 (first 16 hex digits) of the shipped weights file a figure was drawn with."""
+    import hashlib
+
+    from vizcnn.models.shipped import WEIGHTS_DIR, shipped_weights
+
+    card = shipped_weights(model).get(weights)
+    return hashlib.sha256((WEIGHTS_DIR / card["file"]).read_bytes()).hexdigest()[:16] if card else None
+
+
+def stale(recorded: list[dict], fresh: list[dict]) -> list[str]:
+    """What differs between the committed figures.json (``recorded``) and a rerun of the
+    same commands (``fresh``, full or fast): one line per figure and field, [] when every
+    committed figure is what the code draws now (same command, same options and resolved
+    settings, same weights). A fast rerun is compared with the settings the fast run
+    made alongside the committed figures."""
+    old = {e["file"]: e for e in recorded}
+    problems = []
+    for e in fresh:
+        r = old.get(e["file"])
+        if r is None:
+            problems.append(f"{e['file']}: not in figures.json (run python docs/make_figures.py)")
+            continue
+        for field in ("command", "kept", "weights_sha256"):
+            if r.get(field) != e.get(field):
+                problems.append(f"{e['file']}: {field} was {r.get(field)!r}, now {e.get(field)!r}")
+        was_options, now_options = r.get("options", {}), e["options"]
+        for key in sorted(set(was_options) | set(now_options)):
+            if was_options.get(key) != now_options.get(key):
+                problems.append(f"{e['file']}: option {key} was {was_options.get(key, '(absent)')!r}, "
+                                f"now {now_options.get(key, '(absent)')!r}")
+        was, now = r.get("fast_settings" if e["fast"] else "settings", {}), e["settings"]
+        for key in sorted(set(was) | set(now)):
+            if was.get(key) != now.get(key):
+                problems.append(f"{e['file']}: {key} was {was.get(key, '(absent)')!r}, now {now.get(key, '(absent)')!r}")
+    return problems
+
+
+def options(args: tuple[str, ...]) -> dict:
+    """The command's parameters as click resolves them from ``args``, defaults filled in
+    (no run; the output options left out): a changed default of any option shows here."""
+    from cli.main import cli
+
+    command = cli.commands[args[0]]
+    with command.make_context(args[0], list(args[1:]), resilient_parsing=True) as ctx:
+        params = dict(ctx.params)
+    return json.loads(json.dumps({k: v for k, v in params.items() if k not in ("out", "force", "as_json")},
+                                 default=str))
+
+
+def _run(fig: Figure, folder: Path, *, fast: bool, dpi: int, echo) -> dict:
+    """Runs ``fig``'s command into ``folder`` in this process; returns its summary."""
     from click.testing import CliRunner
 
     from cli.main import cli
     from vizcnn.io.imageio import figure_dpi
 
+    args = [str(ROOT / a) if a.startswith("samples/") else a for a in fig.args]
+    if fast:  # --fast's options replace the command's own (an option given twice is an error)
+        args = _without(args, fig.fast[::2]) + list(fig.fast)
+    args += ["--out", str(folder), "--force"]
+    shown = "vizcnn " + " ".join(fig.args)
+    echo(f"{shown}{'  (fast)' if fast else ''}")
+    start = time.perf_counter()
+    with figure_dpi(dpi):
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    if result.exit_code != 0:
+        raise RuntimeError(f"{shown} failed (exit {result.exit_code}): {result.output.strip()}")
+    echo(f"  {', '.join(fig.keep)} in {time.perf_counter() - start:.2f} s")
+    return json.loads((folder / "summary.json").read_text())
+
+
+def make_figures(out: Path | str = DEFAULT_OUT, *, fast: bool = False, dpi: int = 100,
+                 work: Path | str | None = None, echo=print, only: tuple[str, ...] | None = None) -> list[dict]:
+    """Runs each figure's command and copies the file it keeps to ``out``; writes
+    ``out/figures.json``; returns its entries. ``fast``: the same commands doing less work
+    (fewer units, fewer integration steps), for the tests. ``work``: where the commands
+    write their folders (default a temporary folder, removed afterwards). ``only``: the
+    commands (first word, e.g. "saliency") to run, default all; a partial run writes no
+    figures.json.
+
+    Each entry records how its figure was made: ``options`` (the command's parameters,
+    defaults filled in by click), ``settings`` (the parameters the code resolved, read
+    from the run's summary.json, :func:`settings`), ``weights_sha256`` and, for a full
+    run, ``fast_settings``: the same command's settings in fast mode, run alongside, so
+    that a fast rerun (the tests) can tell whether the committed figures are current
+    (:func:`stale`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     with tempfile.TemporaryDirectory(prefix="vizcnn-figures-") as tmp:
         work = Path(work) if work is not None else Path(tmp)
         for fig in FIGURES:
+            if only is not None and fig.args[0] not in only:
+                continue
             folder = work / fig.args[0]
-            args = [str(ROOT / a) if a.startswith("samples/") else a for a in fig.args]
-            if fast:  # --fast's options replace the command's own (an option given twice is an error)
-                args = _without(args, fig.fast[::2]) + list(fig.fast)
-            args += ["--out", str(folder), "--force"]
-            shown = "vizcnn " + " ".join(fig.args)
-            echo(f"{shown}{'  (fast)' if fast else ''}")
-            start = time.perf_counter()
-            with figure_dpi(dpi):
-                result = CliRunner().invoke(cli, args, catch_exceptions=False)
-            if result.exit_code != 0:
-                raise RuntimeError(f"{shown} failed (exit {result.exit_code}): {result.output.strip()}")
-            seconds = round(time.perf_counter() - start, 2)
+            summary = _run(fig, folder, fast=fast, dpi=dpi, echo=echo)
+            record = {"options": options(fig.args),
+                      "weights_sha256": weights_digest(summary["model"], summary["weights"]),
+                      "settings": settings(summary)}
+            if not fast:
+                record["fast_settings"] = settings(_run(fig, work / f"{fig.args[0]}-fast", fast=True, dpi=20,
+                                                        echo=lambda *_: None))
             for name, (kept, caption) in fig.keep.items():
                 source = folder / kept
                 if not source.is_file():
-                    raise RuntimeError(f"{shown} did not write {kept}")
+                    raise RuntimeError(f"vizcnn {' '.join(fig.args)} did not write {kept}")
                 target = out / name
                 shutil.copyfile(source, target)
                 size = target.stat().st_size
                 if size > MAX_BYTES:
                     echo(f"  warning: {name} is {size / 1000:.0f} kB (> {MAX_BYTES / 1000:.0f} kB)")
-                entries.append({"file": name, "command": shown, "kept": kept, "caption": caption, "bytes": size,
-                                "pixels": list(_png_size(target)), "dpi": dpi, "fast": fast})
-            echo(f"  {', '.join(fig.keep)} in {seconds} s")
-    (out / "figures.json").write_text(json.dumps(entries, indent=2) + "\n")
+                entries.append({"file": name, "command": "vizcnn " + " ".join(fig.args), "kept": kept,
+                                "caption": caption, "bytes": size, "pixels": list(_png_size(target)), "dpi": dpi,
+                                "fast": fast, **record})
+    if only is None:  # a partial run leaves the record of the whole set alone
+        (out / "figures.json").write_text(json.dumps(entries, indent=2) + "\n")
     return entries
 
 

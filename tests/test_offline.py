@@ -165,3 +165,4 @@ def test_report_says_which_classes_shipped_weights_know_and_not_imagenets_figure
     sal = {"class_name": "Bag", "target": 8, "probability": 0.209}
     assert _prediction(sal, weights_card).endswith("p = 0.209 (the model knows only Fashion-MNIST's 10 classes)")
     assert "knows only" not in _prediction(sal, None)
+

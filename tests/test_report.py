@@ -3,7 +3,6 @@ exist (and renders in a browser), summary.json with every number, --format/--dpi
 bad input refused before any work; and docs/make_figures.py regenerating the README's figures."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -305,22 +304,3 @@ def test_progress_is_a_bar_on_a_terminal_lines_elsewhere_and_nothing_when_quiet(
         assert (expected in text) if expected else text == ""
         if stream.isatty() and not quiet:
             assert "[1/3]" not in text and "3/3" in text  # a bar, not lines
-
-
-def test_make_figures_writes_the_readme_figures(tmp_path, one_thread, monkeypatch):
-    """docs/make_figures.py in its fast mode: the same commands, less work; every figure
-    the README shows is written, as a PNG under the size limit, with its command."""
-    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "docs" / "make_figures.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "make_figures", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    entries = module.make_figures(tmp_path, fast=True, echo=lambda *_: None)
-    names = sorted(e["file"] for e in entries)
-    assert names == sorted(n for f in module.FIGURES for n in f.keep)
-    assert names == ["conv1-filters.png", "conv1-spectra.png", "dataset-topk.png", "occlusion.png",
-                     "quickstart-deconv.png", "saliency-panel.png"]
-    for e in entries:
-        data = (tmp_path / e["file"]).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) <= module.MAX_BYTES, e["file"]
-        assert e["command"].startswith("vizcnn ") and e["caption"]
-    assert json.loads((tmp_path / "figures.json").read_text()) == entries
