@@ -166,8 +166,10 @@ def layer_page(site: dict, layer: dict) -> str:
     cards = []
     for u in layer["units"]:
         cls = ", ".join(_e(c["class"]) for c in u.get("classes", [])[:2])
+        picture = (u.get("stimulus") or {}).get("file") or next(
+            (w["projection"] for w in u["winners"] if w.get("projection")), None) or u["thumb"]
         cards.append(f'<div class="card{" dead" if u["dead"] else ""}"><a href="../{_e(u["page"])}">'
-                     f'<img src="../{_e(u["thumb"])}" alt="{_e(layer["layer"])} unit {u["unit"]}" loading="lazy" '
+                     f'<img src="../{_e(picture)}" alt="{_e(layer["layer"])} unit {u["unit"]}" loading="lazy" '
                      f'width="144" height="144"></a><br><a href="../{_e(u["page"])}">unit {u["unit"]}</a>'
                      f'{" <span class=dead-badge>dead</span>" if u["dead"] else ""}<br>max {_n(u["max"])} · '
                      f'fires {_n(100 * u["firing"], 3)}%{"<br>" + cls if cls else ""}</div>')
@@ -178,8 +180,8 @@ def layer_page(site: dict, layer: dict) -> str:
         links.append(f'<a href="../{_e(site["layers"][i - 1]["page"])}">← {_e(names[i - 1])}</a>')
     if i + 1 < len(names):
         links.append(f'<a href="../{_e(site["layers"][i + 1]["page"])}">{_e(names[i + 1])} →</a>')
-    info = (f"{layer['channels']} units · receptive field {_e('×'.join(map(str, layer['receptive_field'])))} px · "
-            f"stride {_e('×'.join(map(str, layer['stride'])))} px · {layer['dead']} dead")
+    info = (f"{len(layer['units'])} of {layer['channels']} units · receptive field {_e('×'.join(map(str, layer['receptive_field'])))} px · "
+            f"stride {_e('×'.join(map(str, layer['stride'])))} px · {layer['dead']} dead in the layer")
     body = (f"<nav>{' '.join(links)}</nav><h1>{_e(site['model'])} · {_e(layer['layer'])}</h1>"
             f"<p class=\"sub\">{info}</p><div class=\"cards\">{''.join(cards)}</div>")
     return _page(f"{site['model']} {layer['layer']}", body, "../")

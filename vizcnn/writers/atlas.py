@@ -233,6 +233,8 @@ def write_atlas(out, model: nn.Module, model_name: str, source: ImageSource, spe
     else:
         have = saved is not None
     if have:
+        if rank != 0:  # rank 0 has the pass saved: nothing is left for the others
+            return None
         say("atlas: [1/4] data pass: resumed from the saved state")
         state = saved
     else:
