@@ -119,6 +119,9 @@ def test_zero_and_noise_filters_are_dead_structured_ones_are_not():
     # base rates: a seeded white-noise layer of this shape is almost all flagged
     assert 0.95 <= d.noise_rate <= 1.0 and d.noise_structured_rate <= 0.05
     assert d.to_json()["dead_filters"] == [6, 7, 8]
+    layer = torch.cat([gabors, noise, zero, tiny])
+    reused = dead_filters(layer, spectra=filter_spectra(layer, 4))  # the caller's spectra, not a second pass
+    assert torch.equal(reused.dead, d.dead) and torch.equal(reused.norm_ratio, d.norm_ratio)
 
 
 def test_grey_effective_filter_removes_colour_difference_noise():
@@ -241,10 +244,11 @@ def test_filters_and_dead_filters_commands_flag_the_same_filters(tmp_path):
     # the README's caption: 57/1/6 by band, and the mid and high ones are the dead filters
     assert summary["bands"]["counts"] == {"low": 57, "mid": 1, "high": 6}
     assert all(f["band"] == "low" for f in summary["per_filter"] if not f["dead"])
-    result = CliRunner().invoke(cli, ["dead-filters", "alexnet", "samples", "--weights", "fashion-mnist", "--layer",
-                                      "conv1", "--limit", "2", "--workers", "0", "--out", str(tmp_path / "d")])
+    result = CliRunner().invoke(cli, ["dead-filters", "alexnet", "samples", "--weights", "fashion-mnist",
+                                      "--limit", "2", "--workers", "0", "--out", str(tmp_path / "d")])
     assert result.exit_code == 0, result.output
-    conv1 = json.loads((tmp_path / "d" / "summary.json").read_text())["layers"][0]
+    conv1, *deeper = json.loads((tmp_path / "d" / "summary.json").read_text())["layers"]
+    assert [e["dead_weights"] for e in deeper] == [None] * 4  # the weights' count is the first layer's
     assert conv1["dead_weights"]["dead_filters"] == noise_filters  # the weights' count: the same 7
     assert [u["unit"] for u in conv1["units"] if u["dead_weights"]] == noise_filters
     assert "of 64 dead (never fire); 7 dead filters (near-zero or structureless weights: 4, 12," in result.output

@@ -484,8 +484,8 @@ class DeadFilters:
                 "norm_ratio": self.norm_ratio.double().cpu().tolist()}
 
 
-def _dead_rule(eff: torch.Tensor, threshold: float, size: int | None):
-    s = filter_spectra(eff, 1, size=size, keep_power=False)
+def _dead_rule(eff: torch.Tensor, threshold: float, size: int | None, spectra: FilterSpectra | None = None):
+    s = filter_spectra(eff, 1, size=size, keep_power=False) if spectra is None else spectra
     norm = s.norm.double()
     median = norm.median()
     ratio = norm / median if median > 0 else torch.zeros_like(norm)
@@ -504,16 +504,21 @@ def _noise_dead_rates(channels: int, kh: int, kw: int, size: int | None, thresho
 
 
 def dead_filters(weight: torch.Tensor, *, grey: bool = False, threshold: float = DEAD_NORM_RATIO,
-                 size: int | None = None) -> DeadFilters:
+                 size: int | None = None, spectra: FilterSpectra | None = None) -> DeadFilters:
     """The "dead" filters of ``weight`` (N, C, kh, kw) in the paper's sense: the effective
     filter (:func:`effective_filters`; the channel sum with ``grey``) has a norm under
     ``threshold`` x the layer's median norm, or no spatial structure (the structure test
     of :func:`filter_spectra`). With the base rate of a seeded white-noise layer of the
-    same shape (see :class:`DeadFilters`). ``size``: FFT size (:func:`fft_size`)."""
+    same shape (see :class:`DeadFilters`). ``size``: FFT size (:func:`fft_size`);
+    ``spectra``: the effective filters' :func:`filter_spectra` (any stride, structure
+    calibrated) when the caller has it already, so the layer is not transformed twice."""
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold < 1:
         raise BadArgumentError(f"the norm-ratio threshold must be in (0, 1), got {threshold!r}")
     eff = effective_filters(weight, grey)
-    s, norm, ratio, low, dead = _dead_rule(eff, float(threshold), size)
+    if spectra is not None and (len(spectra) != eff.shape[0] or spectra.kernel != tuple(eff.shape[-2:])
+                                or bool(torch.isnan(spectra.structure).any())):
+        raise BadArgumentError("spectra must be the structure-calibrated filter_spectra of these effective filters")
+    s, norm, ratio, low, dead = _dead_rule(eff, float(threshold), size, spectra)
     _n, c, kh, kw = eff.shape
     noise_rate, noise_structured = _noise_dead_rates(c, kh, kw, size, float(threshold))
     return DeadFilters(norm=norm.float(), norm_ratio=ratio.float(), structure=s.structure, structured=s.structured,

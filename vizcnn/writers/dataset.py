@@ -15,7 +15,7 @@ from ..core.progress import ProgressFn
 from ..io.imageio import safe_filename, save_figure
 from ..io.sources import ImageSource, default_workers
 from ..methods.scan import MIN_FIRING, MIN_MAX, ORDER, FilterStats, ScanResult, parse_units
-from ..methods.spectra import layer_dead_filters
+from ..methods.spectra import conv_filters, layer_dead_filters
 from ..render.common import as_display, figure_title
 from ..render.dataset import dead_filter_figure, topk_page
 
@@ -43,15 +43,19 @@ def _pass_json(result: ScanResult, source: ImageSource, batch_size: int, workers
 def stats_json(model: nn.Module, name: str, s: FilterStats, min_firing: float, min_max: float, *,
                grey: bool = False) -> dict:
     """One layer's two counts: ``dead`` (never fire: the functional rate over the data) and,
-    for a layer fed by a convolution, ``dead_weights`` (dead filters in the paper's sense,
-    near-zero or structureless weights: ``vizcnn.methods.spectra.dead_filters``; with
-    ``grey`` input the first convolution's channel sum is measured)."""
+    for the layer the model's first convolution feeds, ``dead_weights`` (dead filters in
+    the paper's sense, near-zero or structureless weights:
+    ``vizcnn.methods.spectra.dead_filters``; with ``grey`` input its channel sum is
+    measured). Only there: first-layer filters are pictures of image patterns (Fig. 6), and
+    the structure test's cost grows with the input channels (minutes for a 512-channel
+    layer) while a 3x3 kernel on hundreds of channels has no picture to judge; None
+    elsewhere."""
     dead = s.dead(min_firing, min_max)
     firing, mean = s.firing.tolist(), s.mean.tolist()
     maxima, norms = s.max.tolist(), None if s.weight_norm is None else s.weight_norm.tolist()
     n = len(firing)
     weights = None
-    if s.conv is not None:
+    if s.conv is not None and s.conv == conv_filters(model).path:
         _conv, found = layer_dead_filters(model, s.conv, grey=grey)
         weights = found.to_json() if len(found) == n else None
     return {
