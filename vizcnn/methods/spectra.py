@@ -629,7 +629,10 @@ def conv_filters(model: nn.Module, layer: str | None = None) -> ConvFilters:
 def channel_sum_measured(model: nn.Module, conv: ConvFilters, grey: bool = False) -> bool:
     """Whether ``conv``'s effective filter is its channel sum: ``grey`` input (grey images
     fed as equal channels) and ``conv`` is the model's first convolution, the one that sees
-    the image, or ``conv``'s channels are identical (:func:`identical_channels`)."""
+    the image, or ``conv``'s channels are identical (:func:`identical_channels`). Never for a
+    single-channel layer, whose sum is itself."""
+    if conv.weight.shape[1] == 1:
+        return False
     if grey and conv.path == conv_filters(model).path:
         return True
     return identical_channels(conv.weight)
