@@ -139,8 +139,10 @@ def dense_alias_fraction(weight: torch.Tensor, images: torch.Tensor, stride: int
     x = _images(images, weight.shape[1])
     w = weight.detach().to(device=x.device, dtype=x.dtype)
     outside, total = [], []
-    for start in range(0, x.shape[0], 16):  # bounded memory: (16, F, H, W) dense maps at a time
-        dense = F.conv2d(x[start:start + 16], w, padding=padding)
+    per_image = w.shape[0] * (x.shape[-2] + 2 * padding) * (x.shape[-1] + 2 * padding)
+    rows = max(1, (1 << 24) // per_image)  # bounded memory: about 16M values of dense maps at a time
+    for start in range(0, x.shape[0], rows):
+        dense = F.conv2d(x[start:start + rows], w, padding=padding)
         o, t = _outside_square(dense, stride)
         outside.append(o)
         total.append(t)
