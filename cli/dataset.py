@@ -5,6 +5,7 @@ results are merged exactly, rank 0 writes).
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,9 +18,9 @@ from .options import (default_weights, echo_summary, model_argument, output_fold
 data_argument = click.argument("data", metavar="DATA")
 batch_option = click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
                             help="Images per forward pass.")
-workers_option = click.option("--workers", default=None, type=click.IntRange(min=0),
+workers_option = click.option("--workers", default=None, type=click.IntRange(0, os.cpu_count() or 1),
                               help="DataLoader worker processes decoding images (default min(4, CPUs); "
-                                   "0 decodes in the main process).")
+                                   "0 decodes in the main process; at most the number of CPUs).")
 limit_option = click.option("--limit", default=None, type=click.IntRange(min=1),
                             help="Use only the first N images of DATA.")
 min_firing_option = click.option("--min-firing", default=1e-3, show_default=True, type=click.FloatRange(0, 1),
@@ -75,7 +76,8 @@ def pass_options(command):
 @data_argument
 @click.option("--layer", "layers", multiple=True, metavar="NAME",
               help="Layer (repeatable); default the last conv layer. See `vizcnn layers MODEL`.")
-@click.option("--top", default=9, show_default=True, type=click.IntRange(min=1), help="Winners per unit.")
+@click.option("--top", default=9, show_default=True, type=click.IntRange(1, 1000),
+              help="Winners per unit (1 to 1000).")
 @click.option("--distinct-images", is_flag=True, help="At most one winner per image per unit (its strongest position).")
 @click.option("--units", default=None, metavar="LIST",
               help="Units to project and draw: e.g. 0-31, 3,7,9 or all (default: the first 16, one page; "

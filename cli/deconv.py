@@ -13,7 +13,8 @@ from .options import (ImageRun, echo_summary, image_argument, model_argument, pr
 @image_argument
 @click.option("--layer", "layers", multiple=True, metavar="NAME",
               help="Layer to show (repeatable); default every conv layer. See `vizcnn layers MODEL`.")
-@click.option("--top", default=9, show_default=True, type=click.IntRange(min=1), help="Activations per layer.")
+@click.option("--top", default=9, show_default=True, type=click.IntRange(1, 1000),
+              help="Activations per layer (1 to 1000; a layer with fewer channels shows them all).")
 @click.option("--channel", type=click.IntRange(min=0), default=None,
               help="Project this channel's strongest activation instead of the top ones.")
 @click.option("--method", type=click.Choice(["deconvnet", "guided", "gradient"]), default="deconvnet",

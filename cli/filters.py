@@ -23,8 +23,8 @@ def dead_line(dead: dict) -> str:
 @click.option("--layer", default=None, metavar="NAME",
               help="Convolution to analyse (friendly name, module path, or a block holding one convolution); "
                    "default: the model's first convolution. See `vizcnn layers MODEL`.")
-@click.option("--fft-size", "size", default=None, type=int, metavar="N",
-              help="FFT size of each spectrum (default 64, or more for kernels over 32 px).")
+@click.option("--fft-size", "size", default=None, type=click.IntRange(1, 4096), metavar="N",
+              help="FFT size of each spectrum, up to 4096 (default 64, or more for kernels over 32 px).")
 @weights_option
 @seed_option
 @out_option

@@ -45,12 +45,16 @@ class Group(click.Group):
     command_class = Command
 
     def invoke(self, ctx: click.Context):
+        from vizcnn.core.finite import finite_policy
         from vizcnn.core.interrupt import catching_signals
 
-        try:
-            with catching_signals():  # SIGTERM, SIGHUP, SIGQUIT end a run as Ctrl-C does
+        try:  # SIGTERM, SIGHUP, SIGQUIT end a run as Ctrl-C does; a NaN/Inf result is an error
+            with catching_signals(), finite_policy(strict=True):
                 return super().invoke(ctx)
         except VizcnnError as e:
+            from vizcnn.io.output import abort_open
+
+            abort_open()  # a failed run's staging folder (and a folder it made) go at once, not at exit
             raise CliError(str(e)) from None
         except KeyboardInterrupt as e:
             raise click.exceptions.Exit(_interrupted(e)) from None

@@ -25,7 +25,8 @@ weights_option = click.option(
     help=f"imagenet (torchvision's published weights, cached after one download), random (seeded), "
          f"{_shipped_help()}, or a checkpoint file. default: imagenet where published and cached; else the "
          f"shipped weights where there are some (said on stderr); else imagenet where published; else random.")
-seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Seed for --weights random.")
+seed_option = click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+                           help="Seed for --weights random (0 to 4294967295).")
 device_option = click.option("--device", default="auto", show_default=True,
                              help="auto (the GPU when there is one), cpu or cuda.")
 out_option = click.option("--out", "out", default=None, metavar="DIR",
@@ -113,8 +114,9 @@ def output_folder(folder, command: str, *, force: bool):
     with nothing in it (a failed run leaves no folder behind)."""
     from pathlib import Path
 
-    from vizcnn.io.output import OutputDir
+    from vizcnn.io.output import OutputDir, check_target
 
+    check_target(folder)  # ., .., /, home, a mount point, too long a name: one line, before anything
     root = Path(folder)
     created = not root.exists()
     out = OutputDir(root, command, force=force)
@@ -153,6 +155,10 @@ class ImageRun:
         from vizcnn.io.samples import resolve_sample
         from vizcnn.models import class_names, get_spec, load_model
 
+        from vizcnn.io.output import check_target
+
+        out = out or Path("vizcnn-out") / f"{command}-{model}-{Path(image).stem}"
+        check_target(out)  # an --out no run could swap into place is refused before any work
         self.weights = default_weights(model, weights)
         self.spec = get_spec(model, self.weights)  # shipped weights bring their own input size
         self.device = resolve_device(device)

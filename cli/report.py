@@ -1,6 +1,7 @@
 """``vizcnn report MODEL IMAGE [--data DATA]``: every analysis in one folder, with index.html."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -28,16 +29,17 @@ def _Progress(quiet: bool) -> Progress:
 @click.option("--layer", "layers", multiple=True, metavar="NAME",
               help="Layer for the deconv and dataset grids (repeatable); default every conv layer. "
                    "See `vizcnn layers MODEL`.")
-@click.option("--top", default=9, show_default=True, type=click.IntRange(min=1),
-              help="Activations per layer (deconv) and winners per unit (dataset).")
-@click.option("--units", default=8, show_default=True, type=click.IntRange(min=1),
+@click.option("--top", default=9, show_default=True, type=click.IntRange(1, 1000),
+              help="Activations per layer (deconv) and winners per unit (dataset); 1 to 1000.")
+@click.option("--units", default=8, show_default=True, type=click.IntRange(1, 4096),
               help="Units per layer drawn in the dataset grids (summary.json has every unit's winners).")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Use only the first N images of DATA.")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
-              help="DataLoader worker processes decoding DATA's images (0: in the main process).")
-@click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1),
-              help="Integrated-gradients steps and SmoothGrad samples.")
-@click.option("--dpi", default=100, show_default=True, type=click.IntRange(min=1), help="Resolution of every figure.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0, os.cpu_count() or 1),
+              help="DataLoader worker processes decoding DATA's images (0: in the main process; at most the CPUs).")
+@click.option("--steps", default=16, show_default=True, type=click.IntRange(1, 1000),
+              help="Integrated-gradients steps and SmoothGrad samples (1 to 1000).")
+@click.option("--dpi", default=100, show_default=True, type=click.IntRange(10, 600),
+              help="Resolution of every figure (10 to 600 dots per inch).")
 @click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png", show_default=True,
               help="File format of every figure (index.html shows png and svg; it links pdf).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
@@ -73,6 +75,9 @@ def report(model, image, data, layers, top, units, limit, workers, steps, dpi, f
 
     if limit is not None and data is None:
         raise BadArgumentError("--limit applies to --data; give a DATA folder or list")
+    from vizcnn.io.output import check_target
+
+    check_target(out or Path("vizcnn-out") / f"report-{model}-{Path(image).stem}")  # before any work
     weights = default_weights(model, weights)
     spec = get_spec(model, weights)
     dev = resolve_device(device)

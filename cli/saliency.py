@@ -13,8 +13,8 @@ METHODS = ("gradient", "deconvnet", "guided", "integrated-gradients", "smoothgra
 
 target_option = click.option("--target", type=click.IntRange(min=0), default=None, metavar="N",
                              help="Class index to explain (default: the top prediction).")
-steps_option = click.option("--steps", default=50, show_default=True, type=click.IntRange(min=1),
-                            help="Integrated-gradients steps and SmoothGrad samples.")
+steps_option = click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000),
+                            help="Integrated-gradients steps and SmoothGrad samples (1 to 1000).")
 
 
 @cli.command()

@@ -211,6 +211,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
 import time  # noqa: E402
+import stat  # noqa: E402
 import zipfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -274,26 +275,168 @@ def _hdr_bomb(path: Path, side: int = 16000) -> Path:
     return path
 
 
-@pytest.mark.parametrize("command", ["deconv", "saliency", "sanity", "occlusion", "invariance", "report",
-                                     "topk", "dead-filters"])
-def test_promise_decode_limits_apply_to_every_command(tmp_path, command):
-    (tmp_path / "data").mkdir()
-    bomb = _hdr_bomb(tmp_path / "data" / "bomb.hdr") if command in ("topk", "dead-filters") else None
-    if bomb is None:
-        bomb = _hdr_bomb(tmp_path / "bomb.hdr")
-        args = [command, "lenet5", str(bomb)]
-    else:  # a list file naming the HDR bomb and a PNM one
-        (tmp_path / "data" / "b.pgm").write_bytes(b"P5\n60000 60000\n255\n" + bytes(64))
-        (tmp_path / "data" / "list.txt").write_text("bomb.hdr\nb.pgm\n")
-        args = [command, "lenet5", str(tmp_path / "data" / "list.txt"), "--workers", "0"]
-    code = "import sys; from cli.main import cli; cli(sys.argv[1:], prog_name='vizcnn')"
-    done, peak = _python(code, *args, "--weights", "random", "--out", str(tmp_path / "out"))
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "refusing to decode 16000×16000" in done.stderr, done.stderr
-    if command in ("topk", "dead-filters"):
-        assert "refusing to decode 60000×60000" in done.stderr and "no readable images (2 skipped)" in done.stderr
-    assert peak < RSS_BOUND, f"{command}: peak RSS {peak / 1e9:.2f} GB"
-    assert not (tmp_path / "out").exists()
+# Bombs of the issue-25 table, made in milliseconds: every compressed stream is one flushed
+# 1 MiB block of zeros repeated, and every TIFF strip points at the same compressed strip.
+
+def _zeros_zlib(n: int) -> bytes:
+    """A zlib stream inflating to ``n`` zero bytes, built without compressing ``n`` bytes."""
+    def raw(size):
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        return c.compress(bytes(size)) + c.flush(zlib.Z_FULL_FLUSH) if size else b""
+    chunk = 1 << 20
+    end = zlib.compressobj(9, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)
+    return b"\x78\xda" + raw(chunk) * (n // chunk) + raw(n % chunk) + end + struct.pack(">I", ((n % 65521) << 16) | 1)
+
+
+def _png16_rgba_bomb(path: Path, side: int = 6324) -> Path:
+    """16-bit RGBA PNG of side² zeros: 311 KB on disk, 320 MB decoded."""
+    ihdr = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)
+    path.write_bytes(_PNG + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", _zeros_zlib((1 + side * 8) * side))
+                     + _png_chunk(b"IEND", b""))
+    return path
+
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _tiff_bomb(path: Path, width: int = 6324, height: int = 6324, *, tile: int | None = None) -> Path:
+    """Deflate float64 RGBA TIFF of zeros: one-row strips all pointing at one compressed row
+    (6324²: 51 KB, 1.28 GB decoded), or one tile of ``tile``² (a 16×16 image, 1 GB tile)."""
+    spp, sample = 4, 8
+    data = _zeros_zlib((tile * tile if tile else width) * spp * sample)
+    n = 1 if tile else height
+    blob = bytearray(data)
+
+    def array(code, values):
+        at = 8 + len(blob)
+        blob.extend(struct.pack("<" + code * len(values), *values))
+        return at
+
+    bits, formats = array("H", [64] * spp), array("H", [3] * spp)
+    offsets, counts = (8, len(data)) if n == 1 else (array("I", [8] * n), array("I", [len(data)] * n))
+    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, spp, bits), (259, 3, 1, 8), (262, 3, 1, 2),
+            (277, 3, 1, spp), (284, 3, 1, 1), (338, 3, 1, 2), (339, 3, spp, formats)]
+    tags += ([(322, 4, 1, tile), (323, 4, 1, tile), (324, 4, n, offsets), (325, 4, n, counts)] if tile else
+             [(273, 4, n, offsets), (278, 4, 1, 1), (279, 4, n, counts)])
+    ifd = struct.pack("<H", len(tags))
+    for tag, kind, count, value in sorted(tags):
+        ifd += (struct.pack("<HHIHH", tag, kind, count, value, 0) if kind == 3 and count == 1
+                else struct.pack("<HHII", tag, kind, count, value))
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8 + len(blob)) + bytes(blob) + ifd + bytes(4))
+    return path
+
+
+def _bomb_files(folder: Path) -> dict[str, tuple[Path, str | None]]:
+    """name -> (file, the refusal its decode gets; None: decoded, within the budgets)."""
+    from vizcnn.io.opencv import cv2
+
+    webp, jpeg = folder / "lossless.webp", folder / "big.jpg"
+    webp.write_bytes(cv2.imencode(".webp", np.zeros((4800, 4800, 4), np.uint8), [cv2.IMWRITE_WEBP_QUALITY, 101])[1])
+    jpeg.write_bytes(cv2.imencode(".jpg", np.zeros((6324, 6324, 3), np.uint8))[1])
+    return {
+        "float64 RGBA deflate TIFF 6324²": (_tiff_bomb(folder / "f64.tiff"), "6324×6324×4 samples of 8 bytes"),
+        "HDR 6324²": (_hdr_bomb(folder / "bomb.hdr", 6324), "6324×6324×3 samples of 4 bytes"),
+        "HDR 16000²": (_hdr_bomb(folder / "huge.hdr"), "refusing to decode 16000×16000"),
+        "16-bit RGBA PNG 6324²": (_png16_rgba_bomb(folder / "rgba16.png"), "6324×6324×4 samples of 2 bytes"),
+        "16×16 TIFF, one 5664² float64 tile": (_tiff_bomb(folder / "tile.tiff", 16, 16, tile=5664),
+                                               "1026588672-byte tile or strip buffer"),
+        "lossless WebP 4800²": (webp, None),
+        "baseline JPEG 6324² (one more)": (jpeg, None),
+    }
+
+
+_MEASURE = textwrap.dedent("""
+    import json, sys
+    from cli.main import cli
+    def status(key):
+        with open('/proc/self/status') as f:
+            return int(next(line.split()[1] for line in f if line.startswith(key))) * 1024
+    for args in json.loads(sys.argv[1]):
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # the peak (VmHWM) starts again from the current RSS
+        try:
+            cli(args, prog_name='vizcnn', standalone_mode=False)
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        except Exception as e:  # a vizcnn error: its one line
+            code = str(e)
+        print(json.dumps({"args": args, "code": code, "peak": status('VmHWM:')}), flush=True)
+""")
+
+
+def test_promise_decode_budget_in_bytes_and_seconds_in_every_command(tmp_path):
+    """Every bomb of the issue's table plus one more (a 40-megapixel JPEG, decoded: its one float
+    copy is at the input size) through every command that reads images: each refused from its
+    header or decoded within the byte budget, each run under 1.5 GB peak RSS (the child's own
+    VmHWM, reset before each run). Before the budgets: 2.5-4.7 GB."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure each run's peak")
+    bombs = _bomb_files(tmp_path)
+    (tmp_path / "list.txt").write_text("".join(f"{p.name}\n" for p, _ in bombs.values()))
+    missing = str(tmp_path / "no-such-weights.pt")  # single-image commands read the image, then stop here
+    single = [[c, "lenet5", str(p), "--weights", missing, "--out", str(tmp_path / "out")]
+              for c in ("deconv", "saliency", "sanity", "occlusion", "invariance", "report") for p, _ in bombs.values()]
+    dataset = [[c, "lenet5", str(tmp_path / "list.txt"), "--weights", "random", "--workers", "0", "--out",
+                str(tmp_path / f"out-{c}")] for c in ("topk", "dead-filters")]
+    children = [subprocess.Popen([sys.executable, "-c", _MEASURE, json.dumps(runs)], cwd=ROOT, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (AS_SAFETY_NET,) * 2))
+                for runs in (single[::2], single[1::2], dataset)]
+    results = []
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err[-2000:]
+        results += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert len(results) == len(single) + len(dataset)
+    by_file = {str(p): (name, refusal) for name, (p, refusal) in bombs.items()}
+    for r in results:
+        command, target = r["args"][0], r["args"][2]
+        assert r["peak"] < RSS_BOUND, f"{command} {target}: peak RSS {r['peak'] / 1e9:.2f} GB"
+        if command in ("topk", "dead-filters"):
+            assert r["code"] == 0, r
+            continue
+        name, refusal = by_file[target]
+        assert "\n" not in str(r["code"]), r
+        assert (refusal or "no-such-weights.pt") in str(r["code"]), (command, name, r["code"])
+    for c in ("topk", "dead-filters"):  # the two decodable ones used, every other one skipped
+        summary = json.loads((tmp_path / f"out-{c}" / "summary.json").read_text())
+        assert summary["images"] == 2 and summary["skipped"] == len(bombs) - 2, summary
+
+
+def test_break_06_decoding_is_bounded_in_time(tmp_path, samples_dir, monkeypatch):
+    """A progressive JPEG of 100,000 empty scans (211 s in deconv before) is refused from its
+    bytes; a decode past the wall-clock budget is refused in a single-image command and skipped
+    in a dataset pass, each in one line."""
+    import vizcnn.io.imageio as imageio
+    from vizcnn.core.errors import BadInputError
+    from vizcnn.io.opencv import cv2
+
+    jpeg = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    last_scan = jpeg.rindex(b"\xff\xda")
+    header_len = struct.unpack(">H", jpeg[last_scan + 2:last_scan + 4])[0]
+    empty_scan = jpeg[last_scan:last_scan + 2 + header_len]
+    (tmp_path / "scans.jpg").write_bytes(jpeg[:-2] + empty_scan * 100_000 + b"\xff\xd9")
+    start = time.perf_counter()
+    with pytest.raises(BadInputError, match=r"JPEG of 1000\d\d scans"):
+        imageio.read_image(tmp_path / "scans.jpg")
+    assert time.perf_counter() - start < 2
+
+    big = tmp_path / "data" / "big.jpg"  # noise: about 0.1 s to decode; the small PNG, microseconds
+    big.parent.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (3000, 3000, 3), dtype=np.uint8)
+    big.write_bytes(cv2.imencode(".jpg", noise, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+    (tmp_path / "data" / "small.png").write_bytes(cv2.imencode(".png", noise[:64, :64])[1].tobytes())
+    monkeypatch.setattr(imageio, "DECODE_SECONDS", 0.02)
+    run = CliRunner().invoke(cli, ["deconv", "lenet5", str(big), "--weights", "random", "--out", str(tmp_path / "a")])
+    assert run.exit_code == 2 and "decode time budget" in run.output, run.output
+    assert len(run.output.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+    run = CliRunner().invoke(cli, ["dead-filters", "lenet5", str(tmp_path / "data"), "--weights", "random",
+                                   "--workers", "0", "--json", "--out", str(tmp_path / "b")])
+    assert run.exit_code == 0, run.output
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["images"] == 1 and summary["skipped"] == 1, summary
+    assert run.exit_code == 0, run.output
 
 
 def test_promise_long_thin_image_costs_only_its_crop(tmp_path):
@@ -369,7 +512,7 @@ _RUN = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT])
 def test_promise_an_interrupted_run_leaves_the_previous_results(tmp_path, signum):
     first = OutputDir(tmp_path / "out", "deconv")
     first.path("conv1.png").write_bytes(b"old1")
@@ -446,3 +589,420 @@ def test_promise_checkpoint_zip_bomb_is_refused_before_inflating(tmp_path):
     with pytest.raises(BadInputError, match="refused before inflating"):
         load_model("lenet5", path)
     assert time.perf_counter() - start < 2
+
+
+# ------------------------------------------------------------------ promises that hold under attack (#25)
+
+def _tree(root: Path) -> dict[str, tuple]:
+    """Every entry below ``root``, links not followed: (kind, mode, mtime_ns, content or target)."""
+    found = {}
+    for here, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(here) / name
+            st = os.lstat(path)
+            what = (os.readlink(path) if stat.S_ISLNK(st.st_mode) else path.read_bytes() if stat.S_ISREG(st.st_mode)
+                    else None)
+            found[str(path.relative_to(root))] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
+                                                  None if stat.S_ISDIR(st.st_mode) else st.st_mtime_ns, what)
+    return found
+
+
+def _users_things(out: Path) -> None:
+    """What a user keeps in a folder: a private folder, empty folders (one nested), a link, a
+    FIFO, a dangling link, a file with an old date."""
+    (out / "private").mkdir(mode=0o700)
+    os.chmod(out / "private", 0o700)
+    (out / "private" / "key.txt").write_text("secret")
+    (out / "empty").mkdir()
+    (out / "Downloads" / "inner").mkdir(parents=True)
+    (out / "link").symlink_to("/etc/hostname")
+    (out / "dangling").symlink_to("nowhere")
+    os.mkfifo(out / "fifo")
+    (out / "notes.txt").write_text("")
+    os.utime(out / "notes.txt", ns=(10**18, 10**18))
+
+
+def _run(out: Path, command: str = "deconv", *, force: bool = False, files=("conv1.png",)) -> dict:
+    run = OutputDir(out, command, force=force)
+    for name in files:
+        run.path(name).write_bytes(name.encode())
+    return run.finish({})
+
+
+def test_promise_the_output_folder_never_loses_a_users_entry(tmp_path):
+    import stat as stat_module
+
+    old_umask = os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        _run(out, files=("conv1.png", "sub/grid.png"))
+        assert stat_module.S_IMODE(os.stat(out).st_mode) == 0o755  # the user's umask, not mkdtemp's 0700
+        os.chmod(out, 0o2775)
+        _users_things(out)
+        mine = {k: v for k, v in _tree(out).items() if k.split("/")[0] in
+                ("private", "empty", "Downloads", "link", "dangling", "fifo", "notes.txt")}
+        with pytest.raises(VizcnnError, match="did not write"):
+            OutputDir(out, "deconv")
+        _run(out, force=True, files=("conv2.png",))
+        after = _tree(out)
+        assert {k: after[k] for k in mine} == mine  # every entry of the user's, with mode and times
+        assert stat_module.S_IMODE(os.stat(out).st_mode) == 0o2775
+        assert "conv1.png" not in after and "sub" not in after and "conv2.png" in after  # vizcnn's own: replaced
+    finally:
+        os.umask(old_umask)
+
+
+def test_promise_a_forged_manifest_is_a_foreign_file(tmp_path):
+    import hashlib
+
+    from vizcnn.io.output import MANIFEST, run_command, secret_path
+
+    assert str(secret_path()).startswith(os.environ["VIZCNN_CONFIG_DIR"])  # the tests never touch the real home
+    assert stat.S_IMODE(os.stat(_secret_made(tmp_path)).st_mode) == 0o600
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / "photo.jpg").write_bytes(b"a photo")
+    (out / "notes.txt").write_text("")
+    forged = {"version": 2, "command": "deconv", "dirs": [], "kept": [],
+              "files": {n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in ("photo.jpg", "notes.txt")}}
+    for extra in ({}, {"hmac": "0" * 64}):
+        (out / MANIFEST).write_text(json.dumps({**forged, **extra}))
+        assert run_command(out) is None
+        with pytest.raises(VizcnnError, match="did not write"):
+            OutputDir(out, "deconv")
+    _run(out, force=True)
+    assert (out / "photo.jpg").read_bytes() == b"a photo" and (out / "notes.txt").exists()
+    assert run_command(out) == "deconv"  # vizcnn's own manifest verifies
+
+
+def _secret_made(tmp_path) -> Path:
+    from vizcnn.io.output import secret_path
+
+    _run(tmp_path / "first")
+    return secret_path()
+
+
+_SLOW_CLI = textwrap.dedent("""
+    import sys, time
+    import vizcnn.writers.deconv as writer
+    original = writer.save_figure
+    def slow(*a, **k):  # the run is in the middle of writing its figures when the signal comes
+        print("writing", flush=True)
+        time.sleep(60)
+    writer.save_figure = slow
+    from cli.main import cli
+    cli(sys.argv[1:], prog_name="vizcnn")
+""")
+
+
+def test_promise_signals_exit_128_plus_the_signal_and_leave_out_as_it_was(tmp_path, samples_dir):
+    """Ctrl-C (SIGINT), SIGTERM, SIGHUP and SIGQUIT sent to a running vizcnn: exit 128 + the
+    signal (130 for Ctrl-C), one vizcnn line saying --out is unchanged, the old --out intact."""
+    sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT]
+    children = {}
+    for sig in sigs:
+        out = tmp_path / f"out-{sig.name}"
+        _run(out, files=("old.png",))
+        children[sig] = (out, _tree(out), subprocess.Popen(
+            [sys.executable, "-c", _SLOW_CLI, "deconv", "lenet5", str(samples_dir / "fashion-bag.png"), "--weights",
+             "random", "--layer", "c1", "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
+    for sig, (out, before, child) in children.items():
+        assert child.stdout.readline().strip() == "writing", child.stderr.read()
+        child.send_signal(sig)
+    for sig, (out, before, child) in children.items():
+        _, err = child.communicate(timeout=60)
+        assert child.returncode == 128 + sig, (sig, child.returncode, err)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert lines[-1] == f"vizcnn: interrupted ({sig.name}); nothing was written: --out is unchanged", err
+        assert "Traceback" not in err and "Aborted" not in err, err
+        assert _tree(out) == before
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".{out.name}")) == []
+
+
+def test_promise_ctrl_c_in_the_api_propagates_after_cleanup(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt), OutputDir(out, "deconv") as run:
+        run.path("a.png").write_bytes(b"x")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_promise_checkpoints_are_bounded_however_forged(tmp_path):
+    from vizcnn.core.errors import BadInputError
+    from vizcnn.models import build_model, load_model
+    from vizcnn.models.checkpoint import load_bounded
+
+    torch.save(build_model("lenet5").state_dict(), tmp_path / "honest.pt")
+    assert set(load_bounded(tmp_path / "honest.pt")) == set(build_model("lenet5").state_dict())
+    _two_directories(tmp_path / "forged.pt", tmp_path / "honest.pt", 256 << 20)
+    with zipfile.ZipFile(tmp_path / "forged.pt") as z:  # what Python's zipfile sees: small and honest
+        assert sum(e.file_size for e in z.infolist()) < 1 << 20
+    start = time.perf_counter()
+    with pytest.raises(BadInputError, match="forged zip.*refused before inflating"):
+        load_model("lenet5", tmp_path / "forged.pt")
+    assert time.perf_counter() - start < 2
+    os.mkfifo(tmp_path / "fifo.pt")
+    (tmp_path / "dir.pt").mkdir()
+    (tmp_path / "garbage.pt").write_bytes(b"garbage" * 100)
+    for bad, why in (("fifo.pt", "not a regular file"), ("dir.pt", "is a directory"), ("garbage.pt", "not a zip")):
+        with pytest.raises(BadInputError, match=why) as e:
+            load_bounded(tmp_path / bad)
+        assert "refused before inflating" not in str(e.value)  # never a refusal that did not happen
+
+
+def _two_directories(path: Path, honest: Path, bomb: int) -> None:
+    """An honest checkpoint re-laid with a second central directory: the end record's
+    directory offset points torch's reader (miniz) at one whose data.pkl inflates ``bomb``
+    zero bytes, while Python's zipfile reads the honest one just before the end record."""
+    with zipfile.ZipFile(honest) as z:
+        entries = [(i.filename, z.read(i)) for i in z.infolist()]
+    pkl = next(n for n, _ in entries if n.endswith("data.pkl"))
+
+    def local(name, method, crc, csize, usize):
+        return struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, method, 0, 0, crc, csize, usize, len(name), 0) + name
+
+    def central(name, method, crc, csize, usize, at):
+        return struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, method, 0, 0, crc, csize, usize,
+                           len(name), 0, 0, 0, 0, 0, at) + name
+
+    data = _zeros_zlib(bomb)[2:-4]  # raw deflate
+    crc = 0
+    for _ in range(bomb >> 20):
+        crc = zlib.crc32(bytes(1 << 20), crc)
+    body = bytearray(local(pkl.encode(), 8, crc, len(data), bomb) + data)
+    torch_dir = [central(pkl.encode(), 8, crc, len(data), bomb, 0)]
+    python_dir = []
+    for name, blob in entries:
+        at = len(body)
+        c = zlib.crc32(blob)
+        body += local(name.encode(), 0, c, len(blob), len(blob)) + blob
+        python_dir.append((name.encode(), c, len(blob), at))
+        if name != pkl:
+            torch_dir.append(central(name.encode(), 0, c, len(blob), len(blob), at))
+    torch_at = len(body)
+    body += b"".join(torch_dir)
+    shift = len(body) - torch_at  # Python adds (end record's place - size - offset) to every offset
+    python_at = len(body)
+    body += b"".join(central(n, 0, c, s, s, at - shift) for n, c, s, at in python_dir)
+    size = len(body) - python_at
+    body += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(entries), len(entries), size, torch_at, 0)
+    path.write_bytes(bytes(body))
+
+
+def test_promise_non_finite_results_are_errors(tmp_path, samples_dir, monkeypatch):
+    """AlexNet's learned weights ×3e4: the forward stays finite, the deconvnet's backward
+    overflows. The CLI stops with one line naming the layer, method and dtype before writing;
+    the API raises under strict and otherwise warns, the NaNs left as the mark."""
+    import warnings
+
+    import vizcnn.models.registry as registry
+    from vizcnn.core.finite import NonFiniteError, NonFiniteWarning
+    from vizcnn.models import get_spec, load_model
+
+    real = registry.load_checkpoint
+
+    def scaled(model, path):
+        real(model, path)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.mul_(3e4)
+
+    monkeypatch.setattr(registry, "load_checkpoint", scaled)
+    model = load_model("alexnet", "fashion-mnist")
+    x = torch.rand(1, *get_spec("alexnet", "fashion-mnist").input_size, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NonFiniteError, match=r"deconvnet projection of layer 'conv5' \(backward\).*float32"):
+        vizcnn.project_top(model, x, "conv5", 2, strict=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, proj = vizcnn.project_top(model, x, "conv5", 2)
+    assert any(issubclass(w.category, NonFiniteWarning) for w in caught) and not torch.isfinite(proj).all()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "bag.png").write_bytes((samples_dir / "fashion-bag.png").read_bytes())
+    for args in (["deconv", "alexnet", str(samples_dir / "fashion-bag.png"), "--layer", "conv5"],
+                 ["topk", "alexnet", str(tmp_path / "data"), "--layer", "conv5", "--workers", "0", "--units", "0-1"]):
+        out = tmp_path / f"out-{args[0]}"
+        run = CliRunner().invoke(cli, [*args, "--weights", "fashion-mnist", "--out", str(out)])
+        assert run.exit_code == 2, run.output
+        error = [line for line in run.output.splitlines() if line.startswith("Error:")]
+        assert len(error) == 1 and "conv5" in error[0] and "NaN or Inf" in error[0] and "float32" in error[0], run.output
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("args, said", [
+    (["topk", "lenet5", "samples", "--top", "10000000"], "--top"),
+    (["topk", "lenet5", "samples", "--units", "0-200000000", "--workers", "0"], "out of range"),
+    (["topk", "lenet5", "samples", "--units", "0-10000000000", "--workers", "0"], "out of range"),
+    (["topk", "lenet5", "samples", "--units", "²", "--workers", "0"], "write e.g."),
+    (["topk", "lenet5", "samples", "--workers", "100000"], "--workers"),
+    (["saliency", "lenet5", "samples/cat.jpg", "--steps", "100000000"], "--steps"),
+    (["report", "lenet5", "samples/cat.jpg", "--dpi", "100000"], "--dpi"),
+    (["filters", "lenet5", "--fft-size", "100000"], "--fft-size"),
+    (["deconv", "lenet5", "samples/cat.jpg", "--seed", "1e23"], "--seed"),
+    (["deconv", "lenet5", "samples/cat.jpg", "--seed", "100000000000000000000000"], "--seed"),
+    (["deconv", "lenet5", "samples/cat.jpg", "--out", "x" * 300], "longer than"),
+    (["deconv", "lenet5", "samples/cat.jpg", "--out", "."], "refusing --out"),
+    (["deconv", "lenet5", "samples/cat.jpg", "--out", "..", "--force"], "refusing --out"),
+    (["deconv", "lenet5", "samples/cat.jpg", "--out", "/"], "refusing --out"),
+])
+def test_promise_every_number_is_bounded_and_a_bad_one_is_one_line(tmp_path, monkeypatch, args, said):
+    monkeypatch.chdir(ROOT)
+    before = sorted(os.listdir(ROOT))
+    run = CliRunner().invoke(cli, [*args, "--weights", "random"] if args[0] != "filters" else args)
+    assert run.exit_code == 2, run.output
+    errors = [line for line in run.output.splitlines() if line.startswith("Error:")]
+    assert "Traceback" not in run.output and len(errors) == 1 and said in errors[0], run.output
+    assert sorted(os.listdir(ROOT)) == before
+
+
+def test_promise_any_file_name_is_shown_escaped(tmp_path, samples_dir):
+    """Names a filesystem allows (not UTF-8, a newline, a right-to-left override) in a DATA
+    folder: topk finishes (a traceback after the whole pass before), its figure captions and
+    summary.json show the names escaped (the one place every figure and page takes them
+    from: FileSource.describe)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    names = [b"\xff\xfebad.png", b"new\nline.png", "rtl\u202egnp.png".encode()]
+    for name in names:
+        with open(os.path.join(os.fsencode(data), name), "wb") as f:
+            f.write((samples_dir / "fashion-bag.png").read_bytes())
+    run = CliRunner().invoke(cli, ["topk", "lenet5", str(data), "--weights", "random", "--workers", "0", "--out",
+                                   str(tmp_path / "t")])
+    assert run.exit_code == 0, run.output
+    text = (tmp_path / "t" / "summary.json").read_text()
+    assert "\\\\xff\\\\xfebad" in text and "new\\\\nline" in text and "\\\\u202e" in text
+    assert "3 images (0 skipped)" in run.output and "\u202e" not in run.output
+
+
+def test_break_01_a_users_checkpoints_folder_is_never_state(tmp_path):
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "figures").mkdir()
+    (out / "report.md").write_text("my report")
+    with pytest.raises(VizcnnError, match="did not write"):
+        OutputDir(out, "study")
+    run = OutputDir(out, "study", force=True)
+    with pytest.raises(VizcnnError, match="not a folder an earlier 'study' run kept"):
+        run.keep("checkpoints")
+    run.abort()
+    assert (out / "report.md").read_text() == "my report" and (out / "figures").is_dir()
+
+
+def test_break_01_the_study_resumes_only_from_its_own_verified_run(tmp_path):
+    from vizcnn.io.output import run_command
+
+    out = tmp_path / "out"
+    killed = ("import os, sys\nfrom vizcnn.io.output import OutputDir\nrun = OutputDir(sys.argv[1], 'study')\n"
+              "(run.keep('checkpoints') / 'zfnet.pt').write_bytes(b'state')\nos._exit(9)\n")
+    subprocess.run([sys.executable, "-c", killed, str(out)], cwd=ROOT, check=False)
+    assert run_command(out) == "study"  # killed before it finished: the checkpoints and the signed manifest stay
+    again = OutputDir(out, "study")  # no --force needed: the folder is provably this command's
+    assert again.is_earlier() and not again.is_earlier("deconv")
+    assert (again.keep("checkpoints") / "zfnet.pt").read_bytes() == b"state"
+    again.finish({})
+    assert (out / "checkpoints" / "zfnet.pt").read_bytes() == b"state"
+
+
+def test_break_02_carrying_over_loses_nothing(tmp_path):
+    """Without --force, a folder of only empty subfolders, or an empty folder beside an earlier
+    run, is refused; --out ~ is refused before any work."""
+    (tmp_path / "a" / "empty" / "deeper").mkdir(parents=True)
+    with pytest.raises(VizcnnError, match="did not write.*empty"):
+        OutputDir(tmp_path / "a", "deconv")
+    _run(tmp_path / "b")
+    (tmp_path / "b" / "mine").mkdir()
+    with pytest.raises(VizcnnError, match="did not write.*mine"):
+        OutputDir(tmp_path / "b", "deconv")
+    _run(tmp_path / "b", force=True)
+    assert (tmp_path / "b" / "mine").is_dir()
+    with pytest.raises(VizcnnError, match="your home folder"):
+        OutputDir(Path.home(), "deconv", force=True)
+
+
+def test_break_03_keep_never_follows_a_link_and_a_failed_run_leaves_no_state(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    _run(out, "study")
+    (out / "checkpoints").symlink_to(outside)
+    run = OutputDir(out, "study", force=True)
+    with pytest.raises(VizcnnError, match="never follows a link"):
+        run.keep("checkpoints")
+    run.abort()
+    assert list(outside.iterdir()) == []
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError), OutputDir(fresh, "study") as failing:
+        failing.keep("checkpoints")
+        raise RuntimeError("bad --data")
+    assert not fresh.exists()  # no checkpoints/, no manifest, no folder
+
+
+def test_break_08_the_lock_is_held_until_the_last_entry_is_carried_over(tmp_path, monkeypatch):
+    import vizcnn.io.output as output
+
+    out = tmp_path / "out"
+    _run(out)
+    for i in range(5):
+        (out / f"user{i}.txt").write_text("mine")
+    tried = []
+    rename = os.rename
+
+    def probe(src, dst):
+        if not tried:
+            try:
+                OutputDir(out, "deconv", force=True)
+                tried.append("got in")
+            except VizcnnError as e:
+                tried.append(str(e))
+        return rename(src, dst)
+
+    monkeypatch.setattr(output.os, "rename", probe)
+    _run(out, force=True)
+    assert tried and "in use by another vizcnn run" in tried[0], tried
+    assert all((out / f"user{i}.txt").read_text() == "mine" for i in range(5))
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_break_09_unswappable_targets_are_refused_before_any_work(tmp_path, monkeypatch):
+    from vizcnn.io.output import check_target
+
+    monkeypatch.chdir(tmp_path)
+    for target in (".", "..", "/", str(tmp_path), "x" * 300):
+        with pytest.raises(VizcnnError, match="refusing --out"):
+            check_target(target)
+    mounts = [m for m in ("/proc", "/dev", "/sys") if os.path.ismount(m)]
+    if mounts:
+        with pytest.raises(VizcnnError, match="mount point"):
+            check_target(mounts[0])
+    assert os.listdir(tmp_path) == []
+
+
+def test_break_10_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
+    out = tmp_path / "out"
+    _run(out, files=("old.png",))
+    child = subprocess.Popen([sys.executable, "-c", _RUN, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    stale = [p for p in tmp_path.iterdir() if p.name != "out"]
+    assert len(stale) == 1 and stale[0].name.startswith(".out.vizcnn-")  # what SIGKILL leaves
+    _run(out, files=("new.png",))
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert sorted(os.listdir(out)) == [".vizcnn-manifest.json", "new.png", "summary.json"]
+
+
+def test_break_14_jpeg_2000_is_refused_by_signature(tmp_path):
+    from vizcnn.core.errors import BadInputError
+    from vizcnn.io.imageio import read_image
+    from vizcnn.io.opencv import cv2
+
+    ok, data = cv2.imencode(".jp2", np.zeros((16, 16, 3), np.uint8))
+    if not ok:
+        pytest.skip("this OpenCV build cannot write JPEG 2000")
+    (tmp_path / "a.jp2").write_bytes(data.tobytes())
+    assert cv2.imdecode(data, cv2.IMREAD_UNCHANGED) is not None  # OpenJPEG decodes it despite ENABLE_JASPER=0
+    with pytest.raises(BadInputError, match="cannot decode image: not an image, or a format"):
+        read_image(tmp_path / "a.jp2")
+    readme = (ROOT / "README.md").read_text()
+    assert "OpenJPEG" in readme

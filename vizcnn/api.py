@@ -17,8 +17,8 @@ from .core.errors import BadArgumentError, BadInputError
 from .core.layers import cached_geometry, resolve_layer
 from .core.progress import ProgressFn, each
 from .core.state import model_device
-from .io.imageio import read_image
-from .io.inputs import MAX_UPSCALE, fit, normalize
+from .io.imageio import read_fitted
+from .io.inputs import MAX_UPSCALE, normalize
 from .io.samples import resolve_sample
 from .io.sources import ImageSource, load, loader
 from .methods.deconv import Activations
@@ -52,11 +52,10 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int] = 224, *,
     if any(s <= 0 for s in std):
         raise BadArgumentError(f"std must be positive, got {tuple(std)}")
     path = resolve_sample(path)  # samples/NAME not here: the shipped copy, said on stderr
-    image = read_image(path, gray=gray)
-    if min(image.shape[:2]) * MAX_UPSCALE < min(h, w):
-        raise BadInputError(f"image {path} is {image.shape[1]}×{image.shape[0]} px: too small for a {w}×{h} "
+    shown, (ih, iw) = read_fitted(path, (h, w), gray=gray)  # one float copy, at the input's size
+    if min(ih, iw) * MAX_UPSCALE < min(h, w):
+        raise BadInputError(f"image {path} is {iw}×{ih} px: too small for a {w}×{h} "
                             f"input (more than {MAX_UPSCALE}× upscaling)")
-    shown = fit(image, (h, w))
     return shown, normalize(shown, SimpleNamespace(mean=tuple(mean), std=tuple(std)))
 
 

@@ -607,7 +607,7 @@ def check_finite(model: nn.Module, x: torch.Tensor) -> None:
     bad = [name for name in tap.order if tap.outputs.get(name) is False]
     if bad:
         raise BadInputError(f"{type(model).__name__}: layer {bad[0]} produces NaN or Inf on this input "
-                            f"(activations overflow float32); nothing was written")
+                            f"(activations overflow {str(x.dtype).replace('torch.', '')}); nothing was written")
     if isinstance(out, torch.Tensor) and out.is_floating_point() and not torch.isfinite(out).all():
         raise BadInputError(f"{type(model).__name__}: the output holds NaN or Inf on this input; nothing was written")
 

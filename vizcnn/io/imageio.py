@@ -21,6 +21,7 @@ import re
 import stat
 import struct
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-from vizcnn.io.opencv import MAX_PIXELS, cv2
+from vizcnn.io.opencv import DECODE_SECONDS, MAX_DECODE_BYTES, MAX_JPEG_SCANS, MAX_PIXELS, cv2
 
 # MAX_PIXELS (from vizcnn.io.opencv, where every OpenCV limit is set before cv2 loads):
 # the default refusal threshold of read_image, in pixels (width × height). 40
@@ -52,7 +53,10 @@ _HEADER_CACHE = 1 << 16  # bytes read up front; anything further is read on dema
 __all__ = [
     "encode_image",
     "figure_dpi",
+    "decode_layout",
+    "display_text",
     "image_size",
+    "read_fitted",
     "read_image",
     "safe_filename",
     "save_figure",
@@ -81,10 +85,29 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def _show(path: PathLike) -> str:
-    """The path as text for a one-line message (control characters escaped)."""
+def display_text(path: PathLike) -> str:
+    """A file name (any a filesystem allows) as text that is safe to show in one line, a
+    figure or an HTML page: bytes that are not UTF-8 as ``\\xNN``, control and
+    formatting characters (newline, the right-to-left override) as ``\\n``, ``\\u202e``;
+    everything printable as it is."""
     text = os.fsdecode(os.fspath(path))
-    return text if text.isprintable() else repr(text)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as os.fsdecode keeps it
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+    return "".join(out)
+
+
+def _show(path: PathLike) -> str:
+    """The path as text for a one-line message (:func:`display_text`)."""
+    return display_text(path)
 
 
 # --------------------------------------------------------------------- header sizes
@@ -170,6 +193,15 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    at = _jpeg_sof(data)
+    if at is None:
+        return None
+    height, width = struct.unpack(">HH", data[at + 5 : at + 9])
+    return width, height
+
+
+def _jpeg_sof(data) -> int | None:
+    """The offset of a JPEG's first frame header (SOFn marker), or None."""
     i = 2
     # Bounded so that a file of 0xFF fill bytes cannot keep us here for long;
     # real files reach their SOF within a few dozen segments.
@@ -184,8 +216,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         elif marker in (0xD9, 0xDA):  # EOI or start of scan before any frame header
             return None
         elif marker in _JPEG_SOF:
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return width, height
+            return i
         else:
             (length,) = struct.unpack(">H", data[i + 2 : i + 4])
             if length < 2:
@@ -233,37 +264,133 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    tags = _tiff_tags(data, (256, 257))
+    if 256 not in tags or 257 not in tags:
+        return None
+    return tags[256], tags[257]
+
+
+def _tiff_tags(data, wanted: tuple[int, ...]) -> dict[int, int]:
+    """The first value of each tag in ``wanted`` found in a TIFF/BigTIFF's first IFD (SHORT,
+    LONG or LONG8; a value stored elsewhere is followed to its offset)."""
     order = "<" if data[:2] == b"II" else ">"
     (version,) = struct.unpack(order + "H", data[2:4])
     if version == 42:
         (ifd,) = struct.unpack(order + "I", data[4:8])
         (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
-        first, entry_size, value_at = ifd + 2, 12, 8
+        first, entry_size, value_at, inline = ifd + 2, 12, 8, 4
     else:  # 43: BigTIFF, 8-byte offsets
         offset_size, _, ifd = struct.unpack(order + "HHQ", data[4:16])
         if offset_size != 8:
-            return None
+            return {}
         (count,) = struct.unpack(order + "Q", data[ifd : ifd + 8])
-        first, entry_size, value_at = ifd + 8, 20, 12
+        first, entry_size, value_at, inline = ifd + 8, 20, 12, 8
     found: dict[int, int] = {}
     for k in range(min(count, 0xFFFF)):
         at = first + k * entry_size
         tag, kind = struct.unpack(order + "HH", data[at : at + 4])
-        if tag in (256, 257):  # ImageWidth, ImageLength
-            fmt = {3: "H", 4: "I", 16: "Q"}.get(kind)  # SHORT, LONG, LONG8
-            if fmt is None:
-                return None
-            start = at + value_at
-            found[tag] = struct.unpack(order + fmt, data[start : start + struct.calcsize(fmt)])[0]
-            if len(found) == 2:
-                return found[256], found[257]
-    return None
+        if tag not in wanted:
+            continue
+        fmt = {3: "H", 4: "I", 16: "Q"}.get(kind)  # SHORT, LONG, LONG8
+        if fmt is None:
+            continue
+        (n,) = struct.unpack(order + ("I" if version == 42 else "Q"), data[at + 4 : at + value_at])
+        start = at + value_at
+        width = struct.calcsize(fmt)
+        if n * width > inline:  # the values live elsewhere: the first one is enough
+            (start,) = struct.unpack(order + ("I" if version == 42 else "Q"), data[start : start + inline])
+        found[tag] = struct.unpack(order + fmt, data[start : start + width])[0]
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def decode_layout(data) -> tuple[int, int, int, int] | None:
+    """``(channels, bytes per sample, extra buffer bytes, width × height)`` of what OpenCV
+    will allocate to decode ``data``, from its header alone: the decoded array is
+    width × height × channels × bytes per sample, and a tiled or stripped TIFF also needs
+    one tile or strip buffer (read as RGBA at the sample size). Channels and depth are
+    the largest the decoder may produce for that header (a palette PNG or GIF may come out
+    BGRA, a CMYK JPEG is decoded through four channels). None where the header cannot say.
+    """
+    size = image_size(data)
+    if size is None:
+        return None
+    layout = _LAYOUTS.get(_parser(data), lambda d: (4, 1, 0))
+    try:
+        channels, sample, extra = layout(data)
+    except (struct.error, IndexError, ValueError, KeyError):
+        return None
+    return channels, sample, extra, size[0] * size[1]
+
+
+def _png_layout(data) -> tuple[int, int, int]:
+    depth, colour = data[24], data[25]
+    return {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}[colour], 2 if depth == 16 else 1, 0
+
+
+def _jpeg_layout(data) -> tuple[int, int, int]:
+    at = _jpeg_sof(data)
+    if at is None:
+        raise ValueError("no frame header")
+    precision, components = data[at + 4], data[at + 9]
+    return max(1, min(4, components)) if components != 2 else 3, 1 if precision <= 8 else 2, 0
+
+
+def _bmp_layout(data) -> tuple[int, int, int]:
+    (header_size,) = struct.unpack("<I", data[14:18])
+    bits = struct.unpack("<H", data[24:26] if header_size == 12 else data[28:30])[0]
+    return 4 if bits == 32 else 3, 1, 0
+
+
+def _pnm_layout(data) -> tuple[int, int, int]:
+    head = _text_header(data)
+    kind = head[1:2]
+    if kind in (b"f", b"F"):
+        return (1 if kind == b"f" else 3), 4, 0
+    if kind == b"7":
+        fields = dict(line.split(None, 1) for line in head.split(b"ENDHDR", 1)[0].splitlines()[1:]
+                      if line.strip() and not line.startswith(b"#") and len(line.split(None, 1)) == 2)
+        return max(1, min(4, int(fields.get(b"DEPTH", b"4")))), 2 if int(fields.get(b"MAXVAL", b"65535")) > 255 else 1, 0
+    if kind in (b"1", b"4"):
+        return 1, 1, 0
+    tokens: list[bytes] = []
+    for line in head[2:].splitlines():
+        tokens += line.split(b"#", 1)[0].split()
+        if len(tokens) >= 3:
+            break
+    channels = 3 if kind in (b"3", b"6") else 1
+    return channels, 2 if len(tokens) < 3 or int(tokens[2]) > 255 else 1, 0
+
+
+def _sun_layout(data) -> tuple[int, int, int]:
+    (depth,) = struct.unpack(">I", bytes(data[12:16]))
+    return 4 if depth == 32 else 3, 1, 0
+
+
+def _tiff_layout(data) -> tuple[int, int, int]:
+    tags = _tiff_tags(data, (256, 257, 258, 277, 278, 322, 323, 339))
+    width, height = tags.get(256, 0), tags.get(257, 0)
+    spp = max(1, tags.get(277, 1))
+    bits = max(1, tags.get(258, 1))
+    sample = max(1, bits // 8)
+    if 322 in tags or 323 in tags:  # tiled: one tile buffer
+        buffer = tags.get(322, 0) * tags.get(323, 0)
+    else:  # stripped: one strip buffer (RowsPerStrip, at most the image's height)
+        buffer = width * min(height, tags.get(278, height) or height)
+    return min(spp, 4), sample, buffer * max(spp, 4) * sample
+
+
+_LAYOUTS = {_png_size: _png_layout, _jpeg_size: _jpeg_layout, _gif_size: lambda d: (4, 1, 0),
+            _bmp_size: _bmp_layout, _webp_size: lambda d: (4, 1, 0), _tiff_size: _tiff_layout,
+            _pnm_size: _pnm_layout, _hdr_size: lambda d: (3, 4, 0), _sun_size: _sun_layout}
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def read_image(path: PathLike, *, max_pixels: int = MAX_PIXELS, gray: bool = False) -> np.ndarray:
+def read_image(path: PathLike, *, max_pixels: int = MAX_PIXELS, gray: bool = False,
+               max_bytes: int = MAX_DECODE_BYTES, max_seconds: float | None = None) -> np.ndarray:
     """Read an image file as a float32 array in [0, 1].
 
     Returns H×W×3 RGB, or with ``gray=True`` H×W×1 luminance (Rec. 601 weights;
@@ -284,6 +411,15 @@ def read_image(path: PathLike, *, max_pixels: int = MAX_PIXELS, gray: bool = Fal
     loads cv2), so a ``max_pixels`` above it also needs that variable raised in
     the environment before Python starts; the error message says so.
 
+    Byte and time budgets: what the header says the decoder will allocate (width ×
+    height × channels × bytes per sample, and a TIFF's tile or strip buffer) must fit
+    ``max_bytes`` (:data:`~vizcnn.io.opencv.MAX_DECODE_BYTES`, 256 MiB); a JPEG of more
+    than :data:`~vizcnn.io.opencv.MAX_JPEG_SCANS` scans is refused; a decode still running
+    after ``max_seconds`` (None: :data:`~vizcnn.io.opencv.DECODE_SECONDS`, 20 s) is
+    refused (the decoder finishes in the background, bounded by the byte budget, and the
+    next decode waits for it). The result is the only float copy made (:func:`read_fitted`
+    makes it at the model's input size).
+
     Truncated files: a PNG whose last chunk runs past the end of the file is
     refused before decoding. Otherwise OpenCV decides: the 5.0 build this was
     written against fails on any truncated PNG, JPEG, WebP, TIFF, GIF or BMP
@@ -292,20 +428,90 @@ def read_image(path: PathLike, *, max_pixels: int = MAX_PIXELS, gray: bool = Fal
     without complaint.
 
     Raises:
-        BadInputError: path missing, a directory, empty, not an image, corrupt, or
-            declaring more than ``max_pixels`` pixels; the message is one line.
+        BadInputError: path missing, a directory, empty, not an image, corrupt,
+            declaring more than ``max_pixels`` pixels or ``max_bytes`` bytes, or over
+            the time budget; the message is one line.
         BadArgumentError: ``max_pixels`` < 1.
     """
+    image, shown = _read_raw(path, max_pixels, max_bytes, max_seconds)
+    return _to_unit_rgb(image, shown, gray)
+
+
+def read_fitted(path: PathLike, size: tuple[int, int], *, gray: bool = False, max_pixels: int = MAX_PIXELS,
+                max_bytes: int = MAX_DECODE_BYTES,
+                max_seconds: float | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image` and :func:`vizcnn.io.inputs.fit` in one step, at the cost of the
+    crop: returns (the H×W×C float32 image in [0, 1] of ``size`` = (H, W), shorter side
+    resized to fit and centred, the file's own (height, width)). A large crop is resized
+    in the decoder's own sample type before the one float copy is made at ``size``, so
+    a 40-megapixel photo costs its decode and a 224² float image, nothing more. Same
+    limits and errors as :func:`read_image`."""
+    from .inputs import crop_box, resize_crop
+
+    image, shown = _read_raw(path, max_pixels, max_bytes, max_seconds)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    h, w = image.shape[:2]
+    top, left, sh, sw, interp = crop_box(h, w, size)
+    crop = image[top:top + sh, left:left + sw]
+    if sh * sw * 3 * 4 > _FLOAT_CROP_BYTES and crop.dtype in _RESIZABLE and crop.shape[2] <= 4:
+        # resized in its own sample type first (a uint8 crop rounds to 1/255 after averaging)
+        return _to_unit_rgb(resize_crop(crop, size, interp), shown, gray), (h, w)
+    return resize_crop(_to_unit_rgb(crop, shown, gray), size, interp), (h, w)
+
+
+#: A crop whose float copy is larger than this is resized before it is converted.
+_FLOAT_CROP_BYTES = 64 << 20
+_RESIZABLE = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _read_raw(path: PathLike, max_pixels: int, max_bytes: int, max_seconds: float | None) -> tuple[np.ndarray, str]:
+    """The decoded array as OpenCV gives it (H×W[×C], its own sample type), and the path as shown."""
     if max_pixels < 1:
         raise BadArgumentError(f"max_pixels must be >= 1, got {max_pixels}")
     shown = _show(path)
     with open_regular(path, shown) as file:
-        data = _read_checked(file, shown, max_pixels)
+        data = _read_checked(file, shown, max_pixels, max_bytes)
     if data[:8] == _PNG_SIGNATURE:
         _check_png_chunks(data, shown)
-    image = _decode(data, shown)
+    if data[:2] == b"\xff\xd8":
+        scans = data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise BadInputError(f"{shown}: refusing to decode a JPEG of {scans} scans (more than {MAX_JPEG_SCANS}: "
+                                "each scan decodes the whole image again)")
+    image = _decode_within(data, shown, DECODE_SECONDS if max_seconds is None else max_seconds)
     _check_pixels(shown, image.shape[1], image.shape[0], max_pixels)  # what the decoder actually made
-    return _to_unit_rgb(image, shown, gray)
+    return image, shown
+
+
+#: A decode that ran past its time budget and still runs; the next decode waits for it.
+_OVERTIME: list[threading.Thread] = []
+
+
+def _decode_within(data: bytes, shown: str, seconds: float) -> np.ndarray:
+    """:func:`_decode` in a helper thread (OpenCV releases the GIL), given up after
+    ``seconds``: then a BadInputError, and the thread finishes on its own (its cost is
+    bounded by the byte budget) while at most one such thread ever runs."""
+    while _OVERTIME:
+        _OVERTIME.pop().join()
+    result: dict = {}
+
+    def work():
+        try:
+            result["image"] = _decode(data, shown)
+        except BaseException as exc:  # handed to the caller's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=work, name="vizcnn-decode", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        _OVERTIME.append(thread)
+        raise BadInputError(f"{shown}: refusing the image: decoding took longer than {seconds:g} s, the decode "
+                            "time budget")
+    if "error" in result:
+        raise result["error"]
+    return result["image"]
 
 
 @contextlib.contextmanager
@@ -368,14 +574,14 @@ class _FileView:
         return self.file.read(min(stop - start, 1 << 24))
 
 
-def _read_checked(file, shown: str, max_pixels: int) -> bytes:
+def _read_checked(file, shown: str, max_pixels: int, max_bytes: int = MAX_DECODE_BYTES) -> bytes:
     """The whole file, read only after its size and its header's declared pixel count passed."""
     size = os.fstat(file.fileno()).st_size
     if size == 0:
         raise BadInputError(f"{shown}: empty file")
-    max_bytes = max_pixels * BYTES_PER_PIXEL + (1 << 20)
-    if size > max_bytes:
-        raise BadInputError(f"{shown}: refusing to read a {size}-byte file: more than {max_bytes} bytes, the most "
+    max_file = max_pixels * BYTES_PER_PIXEL + (1 << 20)
+    if size > max_file:
+        raise BadInputError(f"{shown}: refusing to read a {size}-byte file: more than {max_file} bytes, the most "
                             f"an image of max_pixels = {max_pixels} needs; raise max_pixels if you trust this file")
     view = _FileView(file, size)
     if _parser(view) is None:
@@ -385,6 +591,16 @@ def _read_checked(file, shown: str, max_pixels: int) -> bytes:
     if declared is None:
         raise BadInputError(f"{shown}: cannot decode image: corrupt or truncated header (no readable width and height)")
     _check_pixels(shown, *declared, max_pixels)
+    layout = decode_layout(view)
+    if layout is not None:
+        channels, sample, extra, pixels = layout
+        cost = pixels * channels * sample + extra
+        if cost > max_bytes:
+            what = f"{declared[0]}×{declared[1]}×{channels} samples of {sample} byte{'s' if sample > 1 else ''}"
+            if extra:
+                what += f" plus a {extra}-byte tile or strip buffer"
+            raise BadInputError(f"{shown}: refusing to decode {what} = {cost} bytes > the decode budget of "
+                                f"{max_bytes} bytes; raise max_bytes if you trust this file")
     file.seek(0)
     try:
         data = file.read()
@@ -448,31 +664,52 @@ def _decode(data: bytes, shown: str) -> np.ndarray:
 
 
 def _to_unit_rgb(image: np.ndarray, shown: str, gray: bool) -> np.ndarray:
-    """OpenCV's H×W[×C] BGR(A)/gray array of any depth -> float32 RGB or luminance in [0, 1]."""
+    """OpenCV's H×W[×C] BGR(A)/gray array of any depth -> float32 RGB or luminance in [0, 1].
+
+    The result is the one float copy: each channel is scaled straight into its place
+    (BGR to RGB included), alpha composited there, so the peak is the result plus one
+    channel's worth of alpha (grey from colour: plus the luminance, a third of it)."""
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
         raise BadInputError(f"{shown}: unsupported image layout {image.shape} (expected 1 to 4 channels)")
-
     kind = image.dtype
     if kind == np.uint8 or kind == np.uint16 or kind == np.uint32:
-        unit = (image / np.float32(np.iinfo(kind).max)).astype(np.float32, copy=False)
+        top = np.float32(np.iinfo(kind).max)
+
+        def unit(k: int, out: np.ndarray) -> None:
+            np.divide(image[:, :, k], top, out=out, casting="unsafe")
     elif np.issubdtype(kind, np.floating):
-        unit = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-        np.clip(unit, 0.0, 1.0, out=unit)
+        def unit(k: int, out: np.ndarray) -> None:
+            out[...] = image[:, :, k]
+            np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+            np.clip(out, 0.0, 1.0, out=out)
     else:
         raise BadInputError(f"{shown}: unsupported sample type {kind} (expected unsigned integers or floats)")
 
-    if image.shape[2] in (2, 4):  # gray+alpha or BGRA
-        alpha = unit[:, :, -1:]
-        unit = unit[:, :, :-1] * alpha + np.float32(0.5) * (1.0 - alpha)
-    if unit.shape[2] == 3:
-        unit = unit[:, :, ::-1]  # BGR -> RGB
-        if gray:
-            unit = (unit @ _LUMA_RGB)[:, :, None]
-    elif not gray:
-        unit = np.repeat(unit, 3, axis=2)
-    return np.ascontiguousarray(unit, dtype=np.float32)
+    h, w, c = image.shape
+    colour = c >= 3
+    # BGR -> RGB; kept BGR for grey from colour (the luminance below reads it reversed)
+    sources = ((0, 1, 2) if gray else (2, 1, 0)) if colour else (0,)
+    result = np.empty((h, w, 3 if colour or not gray else 1), np.float32)
+    alpha = blend = None
+    if c in (2, 4):  # gray+alpha or BGRA: over mid grey, x * a + 0.5 * (1 - a)
+        alpha = np.empty((h, w), np.float32)
+        unit(c - 1, alpha)
+        blend = np.float32(0.5) * (1.0 - alpha)
+    for j, k in enumerate(sources):
+        plane = result[:, :, j]
+        unit(k, plane)
+        if alpha is not None:
+            plane *= alpha
+            plane += blend
+    del alpha, blend
+    if colour and gray:
+        return np.ascontiguousarray((result[:, :, ::-1] @ _LUMA_RGB)[:, :, None], dtype=np.float32)
+    if not colour and not gray:
+        result[:, :, 1] = result[:, :, 0]
+        result[:, :, 2] = result[:, :, 0]
+    return result
 
 
 def _reason(exc: BaseException) -> str:

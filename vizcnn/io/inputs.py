@@ -24,21 +24,29 @@ class InputSpec(Protocol):
 MAX_UPSCALE = 8
 
 
+def crop_box(h: int, w: int, size: tuple[int, int]) -> tuple[int, int, int, int, int]:
+    """(top, left, height, width, OpenCV interpolation) of the source box that :func:`fit`
+    resizes onto ``size`` = (H, W): the whole shorter side, the centre of the longer."""
+    th, tw = size
+    scale = max(th / h, tw / w)
+    sh, sw = min(h, max(1, round(th / scale))), min(w, max(1, round(tw / scale)))
+    return (h - sh) // 2, (w - sw) // 2, sh, sw, cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+
+
 def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resizes the shorter side to fit (H, W) and centre-crops: H×W×C float in [0, 1].
 
     The crop box is chosen in source pixels and only the crop is resized, so a long
     thin image (200000×28) costs the size of its crop, not of the whole image scaled up.
     """
-    h, w = image.shape[:2]
+    top, left, sh, sw, interp = crop_box(*image.shape[:2], size)
+    return resize_crop(image[top:top + sh, left:left + sw], size, interp)
+
+
+def resize_crop(crop: np.ndarray, size: tuple[int, int], interp: int) -> np.ndarray:
+    """``crop`` resized to ``size`` = (H, W) with ``interp``, as an H×W×C array."""
     th, tw = size
-    scale = max(th / h, tw / w)
-    # the source box that maps onto the output: the whole shorter side, the centre of the longer
-    sh, sw = min(h, max(1, round(th / scale))), min(w, max(1, round(tw / scale)))
-    top, left = (h - sh) // 2, (w - sw) // 2
-    crop = np.ascontiguousarray(image[top:top + sh, left:left + sw])
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(crop, (tw, th), interpolation=interp)
+    resized = cv2.resize(np.ascontiguousarray(crop), (tw, th), interpolation=interp)
     if resized.ndim == 2:
         resized = resized[..., None]
     return np.ascontiguousarray(resized)
@@ -60,17 +68,16 @@ def load_input(path: str | os.PathLike, spec: InputSpec) -> tuple[np.ndarray, to
     ``samples/NAME`` that is not in the current folder is the sample shipped with
     vizcnn (:func:`vizcnn.io.samples.resolve_sample`).
     """
-    from .imageio import read_image
+    from .imageio import read_fitted
     from .samples import resolve_sample
 
     c, h, w = spec.input_size
     path = resolve_sample(path)  # samples/NAME not here: the shipped copy, said on stderr
-    image = read_image(path, gray=(c == 1))
-    if min(image.shape[:2]) * MAX_UPSCALE < min(h, w):
-        raise BadInputError(f"image {path} is {image.shape[1]}×{image.shape[0]} px: too small for "
+    shown, (ih, iw) = read_fitted(path, (h, w), gray=(c == 1))  # one float copy, at the input's size
+    if min(ih, iw) * MAX_UPSCALE < min(h, w):
+        raise BadInputError(f"image {path} is {iw}×{ih} px: too small for "
                             f"{spec.name}'s {w}×{h} input (more than {MAX_UPSCALE}× upscaling)")
-    shown = fit(image, (h, w))
     return shown, normalize(shown, spec)
 
 
-__all__ = ["InputSpec", "MAX_UPSCALE", "fit", "normalize", "load_input"]
+__all__ = ["InputSpec", "MAX_UPSCALE", "crop_box", "fit", "normalize", "load_input", "resize_crop"]

@@ -30,12 +30,30 @@ MAX_SIDE = 1 << 20
 """Longest side OpenCV will decode (its own default, stated here so that all limits are
 in one place). Long thin images stay readable: only their crop is resized."""
 
+MAX_DECODE_BYTES = 256 << 20
+"""The byte budget of one decode: what the header says the decoder will allocate
+(width × height × channels × bytes per sample, plus a tiled or stripped TIFF's tile or
+strip buffer) must fit, besides :data:`MAX_PIXELS`. 256 MiB admits a 40-megapixel photo in
+8 bits (RGBA: 160 MB) or 16-bit RGB (240 MB), and refuses the float64 RGBA TIFF or float
+HDR of the same size (1.3 GB, 480 MB) whose decode alone would cost gigabytes."""
+
+DECODE_SECONDS = 20.0
+"""The wall-clock budget of one decode: a file still decoding after this long is refused
+(a single-image command) or skipped (a dataset pass), in one line."""
+
+MAX_JPEG_SCANS = 256
+"""A JPEG with more scans is refused before decoding: each progressive scan passes over
+the whole image again, so a 1 MB file of 100,000 empty scans decodes for minutes.
+Encoders write at most a few dozen."""
+
 #: OpenCV's environment variables and the values vizcnn sets unless already set.
 LIMITS = {
     "OPENCV_IO_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
     "OPENCV_IO_MAX_IMAGE_WIDTH": str(MAX_SIDE),
     "OPENCV_IO_MAX_IMAGE_HEIGHT": str(MAX_SIDE),
-    # OpenEXR and JPEG 2000 declare sizes vizcnn does not parse; keep their decoders off.
+    # OpenEXR and JPEG 2000 declare sizes vizcnn does not parse. These switch off OpenEXR and
+    # the JasPer JPEG 2000 decoder; a build whose JPEG 2000 comes from OpenJPEG (this one's
+    # does) ignores the second, so read_image refuses JPEG 2000 (and AVIF) by signature.
     "OPENCV_IO_ENABLE_OPENEXR": "0",
     "OPENCV_IO_ENABLE_JASPER": "0",
 }
@@ -49,7 +67,8 @@ import cv2  # noqa: E402  (the only import of cv2 in vizcnn; must follow the lim
 #: True when cv2 was first loaded here, i.e. under :data:`LIMITS` (or the deployer's values).
 LIMITS_APPLIED = not _ALREADY_LOADED
 
-__all__ = ["LIMITS", "LIMITS_APPLIED", "MAX_PIXELS", "MAX_SIDE", "cv2", "fork_safe"]
+__all__ = ["DECODE_SECONDS", "LIMITS", "LIMITS_APPLIED", "MAX_DECODE_BYTES", "MAX_JPEG_SCANS", "MAX_PIXELS", "MAX_SIDE",
+           "cv2", "fork_safe"]
 
 
 @contextlib.contextmanager

@@ -113,7 +113,9 @@ class FileSource(ImageSource):
         return len(self.paths)
 
     def describe(self, i: int) -> str:
-        return self.paths[i]
+        from .imageio import display_text
+
+        return display_text(self.paths[i])  # a name that is not UTF-8, or holds a newline, shown escaped
 
     def label(self, i: int) -> int | None:
         return self.labels[i]
@@ -353,8 +355,21 @@ def prepare(image: np.ndarray, spec, *, pad_small: bool = False,
 
 
 def load(source: ImageSource, i: int, spec) -> tuple[np.ndarray, torch.Tensor]:
-    """Image i of ``source`` prepared for ``spec``: (display image, (C, H, W) tensor)."""
-    image = source.read(i, gray=spec.input_size[0] == 1)
+    """Image i of ``source`` prepared for ``spec``: (display image, (C, H, W) tensor). An
+    image file is read at the input's size (:func:`vizcnn.io.imageio.read_fitted`: one
+    float copy, at that size)."""
+    gray = spec.input_size[0] == 1
+    if isinstance(source, FileSource) and not source.pad_small:
+        from .imageio import read_fitted
+        from .inputs import MAX_UPSCALE
+
+        c, h, w = spec.input_size
+        image, (ih, iw) = read_fitted(source.paths[i], (h, w), gray=gray)
+        if min(ih, iw) * MAX_UPSCALE < min(h, w):
+            raise BadInputError(f"{source.describe(i)}: {iw}×{ih} px is too small for the model's {w}×{h} input "
+                                f"(more than {MAX_UPSCALE}× upscaling)")
+    else:
+        image = source.read(i, gray=gray)
     return prepare(image, spec, pad_small=source.pad_small, shown=source.describe(i))
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..core.errors import BadArgumentError, BadInputError, as_index
+from ..core.finite import check_result
 from ..core.layers import LayerInfo, LayerTap, cached_geometry, check_runnable, geometry_key, run_until_stopped
 from ..core.progress import ProgressFn, each
 from ..core.rules import ReverseRules
@@ -268,6 +269,7 @@ def project(model: nn.Module, x: torch.Tensor, layer: str, channel: int | Sequen
         units, single = _units(act, channel, position)
         proj = _project(model, x, layer, act, leaf, units, rules)
     return proj[0] if single else proj
+    check_result(proj, f"the {method} projection of layer {layer!r} (backward)", dtype=act.dtype, strict=strict)
 
 
 def project_top(model: nn.Module, x: torch.Tensor, layer: str, k: int = 9, *, method: str = "deconvnet",
@@ -284,6 +286,7 @@ def project_top(model: nn.Module, x: torch.Tensor, layer: str, k: int = 9, *, me
         units = top_units(act, k)
         proj = _project(model, x, layer, act, leaf, units, rules)
     return units, proj
+    check_result(proj, f"the {method} projection of layer {layer!r} (backward)", dtype=act.dtype, strict=strict)
 
 
 def top_activations(model: nn.Module, x: torch.Tensor, layer: str, k: int = 9) -> Activations:
@@ -319,6 +322,7 @@ def deconv_layers(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, t
                 units = top_units(act, top)
             proj = backproject(act, leaf, units, retain_graph=i < len(layers) - 1)
             result[name] = (units, proj.detach())
+            check_result(proj, f"the {method} projection of layer {name!r} (backward)", dtype=act.dtype, strict=strict)
     return result
 
 

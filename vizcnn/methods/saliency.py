@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import BadArgumentError, BadInputError, as_index
+from ..core.finite import check_result
 from ..core.layers import LayerTap, check_runnable, last_conv_layer, resolve_layer
 from ..core.rules import ReverseRules
 from ..core.state import model_device, model_dtype, preserved_model
@@ -137,20 +138,29 @@ def saliency(model: nn.Module, x: torch.Tensor, method: str, target: int | None 
     if method == "occlusion":
         occlusion_window(*x.shape[-2:], window, stride)
     with _frozen(model):
-        if method in ("gradient", "deconvnet", "guided"):
-            return _reverse(model, x, method, target, lrn, strict)
-        if method == "gradcam":
-            return _gradcam(model, x, layer, target)
-        with torch.no_grad():  # the image (and integrated gradients' baseline) once, for the target
-            logits = _forward(model, torch.cat([x, _baseline(x, baseline)]) if method == "integrated-gradients"
-                              else x)
-        t = _pick(logits[:1], target)
-        prob = float(torch.softmax(logits[0].float(), 0)[t])
-        if method == "integrated-gradients":
-            return _integrated(model, x, t, prob, logits, baseline, steps, batch_size)
-        if method == "smoothgrad":
-            return _smoothgrad(model, x, t, prob, samples, noise, batch_size, seed)
-        return _occlusion(model, x, t, prob, window, stride, batch_size)
+        result = _one_method(model, x, method, target, layer, steps, samples, noise, baseline, window, stride,
+                             batch_size, seed, lrn, strict)
+    direction = "forward" if method == "occlusion" else "backward"
+    check_result(result.attribution, f"the {method} saliency map ({direction})", dtype=x.dtype, strict=strict)
+    return result
+
+
+def _one_method(model, x, method, target, layer, steps, samples, noise, baseline, window, stride, batch_size, seed,
+                lrn, strict) -> SaliencyResult:
+    if method in ("gradient", "deconvnet", "guided"):
+        return _reverse(model, x, method, target, lrn, strict)
+    if method == "gradcam":
+        return _gradcam(model, x, layer, target)
+    with torch.no_grad():  # the image (and integrated gradients' baseline) once, for the target
+        logits = _forward(model, torch.cat([x, _baseline(x, baseline)]) if method == "integrated-gradients"
+                          else x)
+    t = _pick(logits[:1], target)
+    prob = float(torch.softmax(logits[0].float(), 0)[t])
+    if method == "integrated-gradients":
+        return _integrated(model, x, t, prob, logits, baseline, steps, batch_size)
+    if method == "smoothgrad":
+        return _smoothgrad(model, x, t, prob, samples, noise, batch_size, seed)
+    return _occlusion(model, x, t, prob, window, stride, batch_size)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -46,6 +46,7 @@ from torch import nn
 
 from ..core.batch import Batch, Skipped
 from ..core.errors import BadArgumentError, BadInputError
+from ..core.finite import check_result
 from ..core.extract import Extractor
 from ..core.layers import LayerInfo, feeding_weight, geometry_key, layer_geometry
 from ..core.progress import ProgressFn, each
@@ -295,7 +296,11 @@ def _check_finite(act: torch.Tensor, layer: str) -> None:
     written, so no figure of blanks labelled "(inf)" ever replaces a result."""
     if not torch.isfinite(act).all():
         raise BadInputError(f"layer {layer}: activations overflow to inf or NaN (weights or inputs too large "
-                            "for float32); nothing was written")
+                            f"for {str(act.dtype).replace('torch.', '')}); nothing was written")
+
+
+#: The most winners per unit a pass keeps (each unit's k winners live in memory, for every unit).
+MAX_TOP = 1000
 
 
 def scan_batches(model: nn.Module, batches: Iterable[Batch], input_size: tuple[int, int, int], *,
@@ -312,8 +317,8 @@ def scan_batches(model: nn.Module, batches: Iterable[Batch], input_size: tuple[i
     ``layers`` (names, recorded with the others), ``update(outputs, index)`` per batch
     ({layer: (N, ...) tensor}, (N,) global indices) and ``all_reduce(group)`` once
     under several ranks (``vizcnn.methods.atlas.UnitMaxima``)."""
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-        raise BadArgumentError(f"top must be a positive integer, got {top!r}")
+    if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= MAX_TOP:
+        raise BadArgumentError(f"top must be an integer from 1 to {MAX_TOP}, got {top!r}")
     topk_layers, stats_layers = list(dict.fromkeys(topk_layers)), list(dict.fromkeys(stats_layers))
     layers = list(dict.fromkeys([*topk_layers, *stats_layers, *(n for ob in observers for n in ob.layers)]))
     if not layers:
@@ -408,6 +413,12 @@ def distributed(device: torch.device):
 # --------------------------------------------------------------------------- projections
 
 
+def _plain_digits(text: str) -> bool:
+    """ASCII digits only (``"²".isdigit()`` is True, but ``int("²")`` fails)."""
+    text = text.strip()
+    return bool(text) and text.isascii() and text.isdigit() and len(text) <= 18
+
+
 def parse_units(units: str | Sequence[int] | None, channels: int, *, default: int | None = None) -> list[int]:
     """``"all"`` → every unit; ``"0-15"``, ``"3,7,9"``, ``"0-3,10"`` or a list of ints;
     None → the first ``default`` units (every unit when ``default`` is None)."""
@@ -419,11 +430,13 @@ def parse_units(units: str | Sequence[int] | None, channels: int, *, default: in
     if isinstance(units, str):
         for part in units.split(","):
             lo, dash, hi = part.strip().partition("-")
-            if not lo.strip().isdigit() or (dash and not hi.strip().isdigit()):
+            if not _plain_digits(lo) or (dash and not _plain_digits(hi)):
                 raise BadArgumentError(f"units {units!r}: write e.g. 0-15, 3,7,9 or all")
             a, b = int(lo), int(hi) if dash else int(lo)
             if b < a:
                 raise BadArgumentError(f"units {units!r}: range {a}-{b} is empty")
+            if b >= channels:  # checked before the range is built: 0-10000000000 costs nothing
+                raise BadArgumentError(f"units {units!r}: {b} out of range: the layer has units 0..{channels - 1}")
             chosen.extend(range(a, b + 1))
     else:
         chosen = [int(u) for u in units]
@@ -486,6 +499,8 @@ def backproject_winners(model: nn.Module, read: Callable[[int], tuple[np.ndarray
             seed = act[ch, ys, xs] if act.dim() == 3 else act[ch]
             proj = backproject(act, leaf, Activations(ch, ys, xs, seed.detach()),
                                batch_size=batch_size).detach().cpu()
+            check_result(proj, f"the {method} projection of layer {layer!r} (backward, winners in image {i})",
+                         dtype=act.dtype)
             for j, (u, r) in enumerate(wins):
                 box = geometry.box(int(cpu.y[u, r]), int(cpu.x[u, r]), h, w) if act.dim() == 3 else (0, h, 0, w)
                 t, b, left, right = box

@@ -78,6 +78,8 @@ def _check_archive(file, shown: str, limit: int) -> None:
         _one_directory(file, size, shown)
         with zipfile.ZipFile(file) as archive:
             python_view = {_record(e.filename): e.file_size for e in archive.infolist() if not e.is_dir()}
+    except BadInputError:
+        raise
     except (zipfile.BadZipFile, struct.error, OSError, ValueError, EOFError):
         raise BadInputError(not_zip) from None
     finally:
