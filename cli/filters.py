@@ -59,7 +59,9 @@ def filters(model, layer, size, weights, seed, out, force, as_json):
         click.echo(f"{model} --weights {weights} was trained on grey images: measuring each filter's channel sum, "
                    f"the part the data trains", err=True)
     echo_summary(summary, as_json,
-                 f"{model} {summary['layer']} ({summary['module']}): {summary['filters']} filters, "
+                 f"{model} {summary['layer']} ({summary['module']}"
+                 f"{'' if summary['conv'] == summary['module'] else '; filters of ' + summary['conv']}): "
+                 f"{summary['filters']} filters, "
                  f"stride {summary['stride'][0]}; "
                  f"aliasing fraction median {af['median']:.2f} (white noise {af['noise_expected']:.2f}); "
                  f"peaks low/mid/high {bands['low']:.0%}/{bands['mid']:.0%}/{bands['high']:.0%}; "

@@ -33,7 +33,8 @@ def _cache_file() -> Path:
             digest.update(f"{lib} {version(lib)}\n".encode())
         except PackageNotFoundError:
             pass
-    for source in sorted([*package.glob("models/*.py"), package / "core" / "layers.py", Path(__file__)]):
+    for source in sorted([*package.glob("models/*.py"), package / "core" / "layers.py", package / "core" / "geometry.py",
+                          Path(__file__)]):
         digest.update(source.name.encode() + source.read_bytes())
     return root / f"models-{digest.hexdigest()[:16]}.json"
 

@@ -285,8 +285,9 @@ def test_filters_cli_on_alexnet(tmp_path):
     assert set(summary["files"]) == {"filters.png", "spectra.png", "spectra_summary.png"}
     for name in summary["files"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (summary["command"], summary["model"], summary["layer"], summary["module"]) == \
-        ("filters", "alexnet", "conv1", "features.0")
+    # conv1 is features.1 (the ReLU) here as in `vizcnn layers`; its filters are features.0's
+    assert (summary["command"], summary["model"], summary["layer"], summary["module"], summary["conv"]) == \
+        ("filters", "alexnet", "conv1", "features.1", "features.0")
     assert summary["weight_shape"] == [64, 3, 11, 11] and summary["stride"] == [4, 4]
     assert summary["nyquist"] == [0.125, 0.125]
     for key in ("alias_fraction", "peak_frequency", "mean_frequency", "bands", "mid_fraction",

@@ -20,31 +20,41 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from .errors import BadArgumentError, BadInputError, UnknownNameError
+from .geometry import ELEMENTWISE_OPS, Geometry, GeometryMode, silenced
 from .state import model_device, model_dtype, preserved_model
 
 
 def friendly_names(model: nn.Module) -> dict[str, str]:
     """Maps friendly names to module paths for AlexNet/ZFNet/VGG-style models
-    (a ``features`` stack of convolutions and a ``classifier`` stack); {} otherwise."""
+    (a ``features`` stack of convolutions and a ``classifier`` stack); {} otherwise.
+    Each name points at the layer's rectified output: the ReLU after the conv or linear
+    layer (after its batch norm in VGG-BN), the layer itself where no rectifier follows.
+    Every command means the same module by a name; those that need the filters find the
+    conv feeding it (:func:`feeding_layer`)."""
     features, classifier = getattr(model, "features", None), getattr(model, "classifier", None)
-    if not isinstance(features, nn.Sequential):
-        return {}
+    if not isinstance(features, nn.Sequential) or \
+            not all(is_conv(m) or isinstance(m, (*ELEMENTWISE, nn.MaxPool2d, nn.AvgPool2d)) for m in features):
+        return {}  # blocks in the stack (DenseNet, SqueezeNet's Fire, MobileNet): module paths name them
     convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
     vgg_style = len(convs) > 5
     names: dict[str, str] = {}
 
     def rectified(seq: nn.Sequential, prefix: str, i: int) -> str:
+        # the rectifier after the layer, past any batch norm between (VGG-BN: conv, bn, relu)
         keys = list(seq._modules)
-        follows_relu = i + 1 < len(seq) and isinstance(seq[i + 1], nn.ReLU)
-        return f"{prefix}.{keys[i + 1] if follows_relu else keys[i]}"
+        for j in range(i + 1, len(seq)):
+            if isinstance(seq[j], RECTIFIERS):
+                return f"{prefix}.{keys[j]}"
+            if not isinstance(seq[j], nn.modules.batchnorm._BatchNorm):
+                break
+        return f"{prefix}.{keys[i]}"
 
     block, index, n = 1, 0, 0
     for i, m in enumerate(features):
@@ -84,7 +94,9 @@ class LayerInfo:
     ``rf``: receptive field in input pixels (height, width); ``jump``: distance in
     input pixels between neighbouring units; ``start``: input coordinate of the
     centre of unit (0, 0)'s receptive field. ``kernel``/``stride`` are the module's
-    own (None for non-spatial modules).
+    own (None for non-spatial modules). ``local``: every op from the input to here is
+    known to be local (``vizcnn.core.geometry``), so a unit depends on nothing outside
+    its receptive field; where it is False the receptive field is the whole image.
     """
 
     name: str
@@ -96,10 +108,14 @@ class LayerInfo:
     rf: tuple[int, int]
     jump: tuple[int, int]
     start: tuple[float, float]
+    local: bool = True
 
     def box(self, y: int, x: int, height: int, width: int) -> tuple[int, int, int, int]:
         """The receptive field of unit (y, x) clipped to the image: (top, bottom, left, right),
-        bottom and right exclusive."""
+        bottom and right exclusive; the whole image where the layer is not local."""
+        if not self.local:
+            return 0, height, 0, width
+
         def span(c: int, d: int, size: int) -> tuple[int, int]:
             centre = self.start[d] + c * self.jump[d]
             half = (self.rf[d] - 1) / 2
@@ -110,121 +126,88 @@ class LayerInfo:
         return top, bottom, left, right
 
 
-@dataclass(frozen=True)
-class _Geometry:
-    rf: tuple[int, int]
-    jump: tuple[int, int]
-    start: tuple[float, float]
-
-
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
-_SPATIAL = {"conv2d", "max_pool2d", "_max_pool2d", "max_pool2d_with_indices", "avg_pool2d"}
+@dataclass
+class _Trace:
+    """One probe forward: each module's LayerInfo (``path`` or ``path:k``), which module
+    keys output each traced tensor (in the order they finished), the dataflow
+    (``mode.producer``), the tensors by id, and the model's output."""
+
+    records: dict[str, LayerInfo]
+    owners: dict[int, list[str]]
+    mode: GeometryMode
+    tensors: dict[int, torch.Tensor]
+    output: torch.Tensor | None
+    error: str | None
 
 
-class _GeometryMode(TorchFunctionMode):
-    """Propagates receptive-field geometry through every torch function the forward runs.
+def _trace(model: nn.Module, input_size: tuple[int, int, int], device: str | torch.device = "meta") -> _Trace:
+    """Runs the user's model once, in place, on a zero input under :class:`GeometryMode`
+    (see ``vizcnn.core.geometry``): on the meta device (no compute, no copy) unless
+    ``device`` says otherwise, or where a data-dependent forward cannot run on meta
+    (then once on the model's own device). The model comes back as it was: modes,
+    flags, parameters, buffers and hooks."""
+    c, h, w = input_size
+    constants = {id(t) for t in (*model.parameters(), *model.buffers())}
+    modules = dict(model.named_modules())
+    real = any(t.device.type != "meta" for t in (*model.parameters(), *model.buffers()))
+    attempts = [device, model_device(model)] if torch.device(device).type == "meta" and real else [device]
+    trace = None
+    for where in attempts:
+        mode = GeometryMode(h, w, constants, meta=torch.device(where).type == "meta")
+        records: dict[str, LayerInfo] = {}
+        owners: dict[int, list[str]] = {}
 
-    Convolutions and pools apply the standard recurrence; ops that keep the spatial
-    size (activations, batch-norm, concatenation, addition) take the widest of their
-    inputs; anything else that changes or drops the spatial size sees the whole input.
-    """
+        def record(key: str, t: torch.Tensor) -> None:
+            module = modules[key.partition(":")[0]]
+            g = mode.of(t)
+            g = g if isinstance(g, Geometry) else mode.whole()
+            kernel, stride = getattr(module, "kernel_size", None), getattr(module, "stride", None)
+            records[key] = LayerInfo(key, key, type(module).__name__, tuple(t.shape[1:]),
+                                     _pair(kernel) if kernel is not None else None,
+                                     _pair(stride) if stride is not None else None, g.rf, g.jump, g.start, g.local)
+            owners.setdefault(id(t), []).append(key)
+            mode.keep.append(t)
 
-    def __init__(self, height: int, width: int):
-        super().__init__()
-        self.whole = _Geometry((height, width), (height, width), ((height - 1) / 2, (width - 1) / 2))
-        self.geo: dict[int, _Geometry] = {}
-        self.keep: list[torch.Tensor] = []  # ids stay unique while the tensors live
-
-    def _of(self, t: torch.Tensor) -> _Geometry:
-        return self.geo.get(id(t), _Geometry((1, 1), (1, 1), (0.0, 0.0)))
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        first = out[0] if isinstance(out, tuple) and out else out
-        if not isinstance(first, torch.Tensor):
-            return out
-        inputs = [a for a in (*args, *(args[0] if args and isinstance(args[0], (list, tuple)) else ()))
-                  if isinstance(a, torch.Tensor) and id(a) in self.geo]
-        name = getattr(func, "__name__", "")
-        if name in _SPATIAL and isinstance(args[0], torch.Tensor):
-            geo = self._spatial(name, args, kwargs, self._of(args[0]))
-        elif first.dim() == 4 and all(a.dim() == 4 and a.shape[-2:] == first.shape[-2:] for a in inputs):
-            geos = [self.geo[id(a)] for a in inputs]
-            geo = max(geos, key=lambda g: g.rf) if geos else None
-        else:
-            geo = self.whole
-        if geo is not None:
-            self.geo[id(first)] = geo
-            self.keep.append(first)
-        return out
-
-    @staticmethod
-    def _spatial(name: str, args, kwargs, g: _Geometry) -> _Geometry:
-        def arg(i: int, key: str, default):
-            return args[i] if len(args) > i else kwargs.get(key, default)
-
-        if name == "conv2d":
-            k = tuple(arg(1, "weight", None).shape[-2:])
-            stride, padding, dilation = _pair(arg(3, "stride", 1)), arg(4, "padding", 0), _pair(arg(5, "dilation", 1))
-            if isinstance(padding, str):  # 'same' keeps the centre, 'valid' pads nothing
-                padding = tuple((d * (kk - 1)) // 2 for kk, d in zip(k, dilation)) if padding == "same" else (0, 0)
-        else:
-            k = _pair(arg(1, "kernel_size", None))
-            stride = _pair(arg(2, "stride", None) or k)
-            padding = arg(3, "padding", 0)
-            dilation = _pair(arg(4, "dilation", 1)) if "max" in name else (1, 1)
-        padding = _pair(padding)
-        keff = [d * (kk - 1) + 1 for kk, d in zip(k, dilation)]
-        return _Geometry(
-            tuple(g.rf[i] + (keff[i] - 1) * g.jump[i] for i in range(2)),
-            tuple(g.jump[i] * stride[i] for i in range(2)),
-            tuple(g.start[i] + ((keff[i] - 1) / 2 - padding[i]) * g.jump[i] for i in range(2)),
-        )
+        x = torch.zeros(1, c, h, w, device=where, dtype=model_dtype(model))
+        mode.seed(x)
+        out, error = None, None
+        with preserved_model(model), silenced(model):
+            model.eval()
+            try:
+                with LayerTap(model, None, record=record), torch.no_grad(), mode:
+                    out = model(x)
+            except Exception as e:  # noqa: BLE001 - the layers that ran before it keep their geometry
+                error = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if isinstance(out, (tuple, list)):
+            out = next((o for o in out if isinstance(o, torch.Tensor)), None)
+        elif isinstance(out, dict):
+            out = next((o for o in out.values() if isinstance(o, torch.Tensor)), None)
+        trace = _Trace(records, owners, mode, {id(t): t for t in mode.keep}, out, error)
+        if out is not None:
+            break
+    return trace
 
 
 def layer_geometry(model: nn.Module, input_size: tuple[int, int, int], *,
                    device: str | torch.device = "meta") -> dict[str, LayerInfo]:
-    """Runs one forward on a dummy input (on the meta device by default: no compute) and
-    returns every executed module's output shape and receptive field, keyed by module path
-    (``path:k`` for the k-th extra call of a reused module), plus the friendly names.
-    The dummy input has the model's dtype (half and bfloat16 models probe in their own)."""
-
-    c, h, w = input_size
-    x = torch.zeros(1, c, h, w, device=device, dtype=model_dtype(model))
-    records: dict[str, LayerInfo] = {}
-    mode = _GeometryMode(h, w)
-    with preserved_model(model):
-        model.eval()
-        original = next(iter(model.parameters()), None)
-        probe = model
-        if device == "meta" and original is not None and original.device.type != "meta":
-            probe = meta_copy(model)
-        modules = dict(probe.named_modules())
-
-        def record(key: str, t: torch.Tensor) -> None:
-            module = modules[key.partition(":")[0]]
-            g = mode.geo.get(id(t), mode.whole)
-            kernel = getattr(module, "kernel_size", None)
-            stride = getattr(module, "stride", None)
-            records[key] = LayerInfo(key, key, type(module).__name__, tuple(t.shape[1:]),
-                                     _pair(kernel) if kernel is not None else None,
-                                     _pair(stride) if stride is not None else None, g.rf, g.jump, g.start)
-
-        try:
-            with LayerTap(probe, None, record=record), torch.no_grad(), mode:
-                probe(x)
-        except RuntimeError:
-            # A classifier with a fixed input size fails on other image sizes; the layers
-            # that ran before it still have their geometry.
-            if not records:
-                raise
+    """Every executed module's output shape and receptive field for one forward on a
+    ``input_size`` input, keyed by module path (``path:k`` for the k-th extra call of a
+    reused module), plus the friendly names. Traced in place on the meta device by
+    default (no compute, no copy of the model, the user's hooks silenced; see
+    ``vizcnn.core.geometry``); ``LayerInfo.local`` says whether the crop path is exact
+    there. A classifier sized for another input still gives the layers before it."""
+    trace = _trace(model, input_size, device)
+    if not trace.records and trace.error is not None:
+        raise BadInputError(f"{type(model).__name__} cannot run on an input of shape (1, {', '.join(map(str, input_size))}): "
+                            f"{trace.error}")
+    records = dict(trace.records)
     for friendly, path in friendly_names(model).items():
         if path in records:
-            records[friendly] = LayerInfo(friendly, path, *list(vars(records[path]).values())[2:])
+            records[friendly] = replace(records[path], name=friendly)
     return records
 
 
@@ -271,6 +254,9 @@ def meta_copy(model: nn.Module) -> nn.Module:
 #: Activation modules (element-wise nonlinearities).
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
                nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Threshold)
+
+#: The rectifier modules a friendly name points at.
+RECTIFIERS = (nn.ReLU, nn.ReLU6)
 
 #: Layers that act on each spatial position on its own (they keep a map's channels and
 #: reach no neighbouring pixel): activations, dropout, identity, batch norm (in eval
@@ -341,18 +327,18 @@ def default_layers(model: nn.Module) -> list[str]:
     return [convs[i] for i in dict.fromkeys(picks)]
 
 
-#: Modules that collapse space: a block holding one is not a feature map.
-_COLLAPSING = (nn.Linear, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-
-
 def last_conv_layer(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> str:
     """The model's last conv feature map (Grad-CAM's layer, occlusion's panel (b)).
 
     The last friendly ``conv*`` name where the model has them (AlexNet ``conv5``, VGG
-    ``conv5_3``: the rectified output); otherwise the outermost block around the last
-    convolution with a spatial (> 1×1) output that keeps its size and holds nothing
-    that collapses space (ResNet ``layer4``, GoogLeNet ``inception5b``), or the
-    activation that directly follows a bare convolution (LeNet-5 ``act3``).
+    ``conv5_4``: the rectified output, before the last max pool). Otherwise the last
+    spatial (> 1×1) feature map that feeds the classifier, found by tracing the forward
+    (in place on the meta device): the output of the last feature block after its
+    rectifier, before global pooling, named by the outermost module that outputs it —
+    ResNet ``layer4``, GoogLeNet ``inception5b``, Inception-v3 ``Mixed_7c``, DenseNet,
+    SqueezeNet, EfficientNet, MobileNet and ConvNeXt ``features`` (SqueezeNet's 1×1 class
+    conv belongs to its head), RegNet ``trunk_output``, LeNet-5 ``act3`` (before the s4
+    subsampling, as AlexNet's conv5 is before pool5).
     """
     friendly = [n for n in friendly_names(model) if n.startswith("conv")]
     if friendly:
@@ -371,49 +357,75 @@ _LAST_CONV: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictio
 
 def output_shapes(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
     """Each module's output shape (first call, batch dimension dropped), in the order the
-    modules finish, from one forward of a parameter-free copy on the meta device."""
+    modules finish, from one probe forward on the meta device (in place, no copy)."""
+    return {k: i.shape for k, i in _trace(model, tuple(input_size)).records.items() if ":" not in k}
 
-    probe = meta_copy(model).eval()
-    shapes: dict[str, tuple[int, ...]] = {}
 
-    def record(key: str, t: torch.Tensor) -> None:
-        if ":" not in key:
-            shapes[key] = tuple(t.shape[1:])
+def _spatial(t: torch.Tensor | None) -> bool:
+    return t is not None and t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1
 
-    try:
-        with LayerTap(probe, None, record=record), torch.no_grad():
-            probe(torch.zeros((1, *input_size), device="meta", dtype=model_dtype(model)))
-    except RuntimeError:  # a fixed-size classifier on another size: the conv part has run
-        pass
-    return shapes
+
+#: ops a feature map passes through on its way into the classifier that are not a block
+#: of their own: Grad-CAM's layer is the map before them
+_POOLS = {"max_pool2d", "_max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "adaptive_avg_pool2d",
+          "adaptive_max_pool2d", "_adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"}
 
 
 def _find_last_conv(model: nn.Module, input_size: tuple[int, int, int]) -> str:
-    shapes = output_shapes(model, input_size)
-    modules = dict(model.named_modules())
-    order = list(shapes)
-    spatial = [k for k in order if is_conv(modules[k]) and len(shapes[k]) == 3 and shapes[k][1] * shapes[k][2] > 1]
-    if not spatial:
-        raise BadArgumentError(f"{type(model).__name__} has no convolution with a spatial output; "
-                               f"name a layer")
-    last = spatial[-1]
-    hw = shapes[last][1:]
-    parts = last.split(".")
-    chosen = last
-    for i in range(1, len(parts)):
-        p = ".".join(parts[:i])
-        if p in shapes and len(shapes[p]) == 3 and shapes[p][1:] == hw and \
-                not any(isinstance(m, _COLLAPSING) for m in modules[p].modules()):
-            chosen = p
+    """Walks the traced dataflow back from the model's output to the last spatial (> 1×1)
+    map, then back out of the classifier head (a top-level block that holds the global
+    pooling, as SqueezeNet's ``classifier`` with its 1×1 class conv) and off any pools
+    in front of it, and names the outermost module that outputs that map."""
+    tr = _trace(model, input_size)
+    producer = tr.mode.producer
+
+    def parent(i: int) -> int | None:
+        ids = producer.get(i, ("", []))[1]
+        shaped = [j for j in ids if j in tr.tensors]
+        return next((j for j in shaped if _spatial(tr.tensors[j])), shaped[0] if shaped else None)
+
+    def owner(i: int) -> str | None:
+        keys = tr.owners.get(i)
+        if not keys:
+            return None
+        fewest = min(k.count(".") for k in keys)
+        return [k for k in keys if k.count(".") == fewest][-1]  # ties: the last to finish (the ReLU in place)
+
+    cur = id(tr.output) if tr.output is not None else None
+    consumer = None
+    while cur is not None and not (_spatial(tr.tensors.get(cur)) and owner(cur) is not None):
+        consumer, cur = cur, parent(cur)  # (a channels-last view inside a head is no feature map)
+    if cur is None:
+        raise BadArgumentError(f"{type(model).__name__} has no spatial feature map feeding its output on a "
+                               f"{input_size[1]}×{input_size[2]} input; name a layer")
+    head = owner(consumer) if consumer is not None else None
+
+    def inside(i: int) -> bool:
+        key = owner(i)
+        return head is not None and key is not None and \
+            (key.partition(":")[0] + ".").startswith(head.partition(":")[0] + ".")
+
+    if inside(cur):  # the map came out of the block that pools (a head): back to the map entering it
+        while inside(cur) or owner(cur) is None:
+            nxt = parent(cur)
+            if nxt is None or not _spatial(tr.tensors.get(nxt)):
+                break
+            cur = nxt
+    while True:  # off the pools in front of the classifier (AlexNet's pool5, LeNet-5's s4 and its squash)
+        back = cur
+        while producer.get(back, ("", []))[0] in ELEMENTWISE_OPS and len(producer[back][1]) == 1:
+            back = producer[back][1][0]
+        name, ids = producer.get(back, ("", []))
+        if name not in _POOLS or len(ids) != 1 or not _spatial(tr.tensors.get(ids[0])):
             break
-    if chosen == last:  # a bare conv: take the activation that follows it, if one does
-        i = order.index(last)
-        if i + 1 < len(order):
-            nxt = order[i + 1]
-            if nxt.rpartition(".")[0] == last.rpartition(".")[0] and shapes[nxt] == shapes[last] and \
-                    not any(True for _ in modules[nxt].parameters()):
-                chosen = nxt
-    return chosen
+        cur = ids[0]
+    while owner(cur) is None:  # a functional op's output: the module output it was made from
+        nxt = parent(cur)
+        if nxt is None or not _spatial(tr.tensors.get(nxt)):
+            raise BadArgumentError(f"{type(model).__name__}: the last feature map is not any module's output; "
+                                   f"name a layer")
+        cur = nxt
+    return owner(cur)
 
 
 def count_flops(model: nn.Module, input_size: tuple[int, int, int]) -> int:

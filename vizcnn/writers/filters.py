@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..core.layers import resolve_layer
 from ..io.imageio import save_figure
 from ..io.output import OutputDir
 from ..methods.spectra import (BANDS, ConvFilters, channel_sum_measured, conv_filters, dead_filters, effective_filters,
@@ -26,10 +27,14 @@ def write_filters(out: OutputDir, model: nn.Module, model_name: str, layer: str 
     weight = effective_filters(conv.weight, summed)
     s = filter_spectra(weight, conv.stride, size=size)
     numbers = summarize(s, bands)  # checks the band edges before any file is written
-    dead = dead_filters(conv.weight, grey=summed, size=size)
+    dead = dead_filters(conv.weight, grey=summed, size=size, spectra=s)
     out_c, in_c, kh, kw = conv.weight.shape
     weights = (extra or {}).get("weights")
-    layer = conv.name if conv.name == conv.path else f"{conv.name} ({conv.path})"
+    # a name means the same module in every command (`vizcnn layers`: AlexNet's conv1 is the
+    # ReLU features.1); the filters are those of the convolution feeding it (features.0)
+    module = resolve_layer(model, conv.name)[0]
+    layer = conv.name if conv.name == conv.path else \
+        f"{conv.name} ({module}{'' if module == conv.path else f'; filters of {conv.path}'})"
     shape = (f"{out_c} filters {kh}×{kw}×{in_c}" + (" summed over channels (grey input)" if summed else "")
              + f", stride {stride_text(conv.stride)}")
 
@@ -41,7 +46,7 @@ def write_filters(out: OutputDir, model: nn.Module, model_name: str, layer: str 
     save_figure(spectra_grid(s, head("power spectra")), out.path(files["spectra"]))
     save_figure(summary_figure(s, numbers, head("spectral summary")), out.path(files["summary"]))
     summary = {
-        "model": model_name, "layer": conv.name, "module": conv.path,
+        "model": model_name, "layer": conv.name, "module": module, "conv": conv.path,
         "weight_shape": [out_c, in_c, kh, kw], "dilation": list(conv.dilation), "groups": conv.groups,
         **(extra or {}), "figures": files, "effective": "channel sum (grey input)" if summed else "the weights",
         **numbers, "dead_filters": dead.to_json(),
