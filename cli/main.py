@@ -47,29 +47,33 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context):
         from vizcnn.core.finite import finite_policy
         from vizcnn.core.interrupt import catching_signals
+        finished_before = len(_runs().FINISHED) if _runs() else 0
 
         try:  # SIGTERM, SIGHUP, SIGQUIT end a run as Ctrl-C does; a NaN/Inf result is an error
             with catching_signals(), finite_policy(strict=True):
                 return super().invoke(ctx)
         except VizcnnError as e:
-            from vizcnn.io.output import abort_open
-
-            abort_open()  # a failed run's staging folder (and a folder it made) go at once, not at exit
+            if _runs():
+                _runs().abort_open()  # a failed run's staging folder (and a folder it made) go at once, not at exit
             raise CliError(str(e)) from None
         except KeyboardInterrupt as e:
-            raise click.exceptions.Exit(_interrupted(e)) from None
+            raise click.exceptions.Exit(_interrupted(e, _runs().FINISHED[finished_before:] if _runs() else [])) from None
 
 
-def _interrupted(error: BaseException) -> int:
+def _runs():
+    """vizcnn.io.output once a command has loaded it (None before: no run to abort, and
+    ``--help`` stays free of heavy imports)."""
+    return sys.modules.get("vizcnn.io.output")
+
+
+def _interrupted(error: BaseException, finished: list) -> int:
     """Ctrl-C or a signal: every open run aborted (its --out left as it was), one line on
     stderr, and the shell's exit code, 128 + the signal (130 for Ctrl-C)."""
     from vizcnn.core.interrupt import exit_code, signal_name, signal_of
-    from vizcnn.io.output import FINISHED, abort_open
-
-    aborted = abort_open()
+    aborted = _runs().abort_open() if _runs() else []
     name = signal_name(signal_of(error))
-    if FINISHED and not aborted:
-        said = f"the results were already written to {FINISHED[-1]}"
+    if finished and not aborted:  # this command's run was already in place when the signal came
+        said = f"the results were already written to {finished[-1]}"
     else:
         said = "nothing was written: --out is unchanged"
     click.echo(f"vizcnn: interrupted ({name}); {said}", err=True)

@@ -15,10 +15,12 @@ import contextlib
 import contextvars
 import warnings
 from collections.abc import Iterator
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import BadInputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class NonFiniteError(BadInputError):
@@ -47,6 +49,8 @@ def check_result(t: torch.Tensor, what: str, *, dtype: torch.dtype | None = None
     the enclosing :func:`finite_policy`'s) or warns and returns False. ``what`` names it
     ("the deconvnet projection of layer 'conv3' (backward)"); ``dtype``: the dtype the
     computation ran in (default ``t``'s)."""
+    import torch
+
     if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.numel() == 0:
         return True
     bad = ~torch.isfinite(t)
