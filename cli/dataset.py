@@ -130,9 +130,12 @@ def dead_filters(model, data, layers, min_firing, min_max, batch_size, workers, 
     """Per-filter firing statistics over DATA, and which filters are dead.
 
     For each filter: the fraction of positions where it fires (> 0), its mean and max
-    activation and its weight norm; dead when it fires on fewer than --min-firing of the
-    positions or its max is at most --min-max times its layer's largest. Writes
-    dead_filters.png (firing histograms) and summary.json.
+    activation and its weight norm; dead (never fire) when it fires on fewer than
+    --min-firing of the positions or its max is at most --min-max times its layer's
+    largest. For the first convolution also the dead filters in Zeiler & Fergus's sense,
+    from the weights alone: near-zero (norm under 0.1 x the layer's median) or without
+    spatial structure, as `vizcnn filters` counts them, with the rate a white-noise layer
+    would get. Writes dead_filters.png (firing histograms) and summary.json.
 
     \b
     DATA: as for `vizcnn topk` (a folder, a list file, an image, `samples`,

@@ -39,6 +39,10 @@ def filters(model, layer, size, weights, seed, out, force, as_json):
     per filter) and summary.json (the layer's numbers and one entry per filter).
     Frequencies are in cycles/pixel; the aliasing fraction is the share of a filter's
     energy outside |fx|, |fy| <= 1/(2 stride), which the strided convolution folds back.
+    Bands: low < 1/6, mid 1/6 to 1/3, extreme-high >= 1/3 cycle/px. Dead filters
+    (framed in red): near-zero (norm under 0.1 x the layer's median) or without spatial
+    structure. Weights trained on grey images are measured as each filter's channel sum,
+    the part the data trains.
     """
     from vizcnn.io.imageio import safe_filename
     from vizcnn.methods.spectra import conv_filters, fft_size, grey_weights
