@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from vizcnn.study.stats import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, difference_ci, fmt, mean_ci, mean_normal,
-                               paired_ci, verdict, wilson)
+from vizcnn.study.stats import (CONTRADICTED, EQUIVALENT, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED, difference_ci, fmt,
+                                mean_ci, mean_normal, paired_ci, seeds_needed, verdict, wilson)
 
 
 def test_t_interval_matches_a_hand_computation():
@@ -38,11 +38,30 @@ def test_weighted_mean_and_difference():
 
 
 def test_verdicts():
-    assert verdict({"lo": 0.01, "hi": 0.3}) == REPRODUCED
-    assert verdict({"lo": -0.3, "hi": -0.01}) == NOT_REPRODUCED
-    assert verdict({"lo": 0.0, "hi": 0.0}) == NOT_REPRODUCED  # no difference at all
-    assert verdict({"lo": -0.1, "hi": 0.2}) == INCONCLUSIVE
-    assert verdict({"lo": None, "hi": None}) == INCONCLUSIVE
+    assert verdict({"lo": 0.01, "hi": 0.3})[0] == REPRODUCED
+    assert verdict({"lo": -0.3, "hi": -0.01})[0] == CONTRADICTED
+    assert verdict({"lo": -0.1, "hi": 0.2})[0] == INCONCLUSIVE
+    assert verdict({"lo": None, "hi": None})[0] == INCONCLUSIVE  # one seed: no interval
+    assert verdict(None)[0] == INCONCLUSIVE
+    # equivalence only against a margin stated in advance, and only when the interval is inside it
+    assert verdict({"lo": -0.004, "hi": 0.006}, margin=0.01)[0] == EQUIVALENT
+    assert verdict({"lo": -0.017, "hi": 0.014}, margin=0.01)[0] == INCONCLUSIVE  # the committed cpu run's accuracy
+    assert verdict({"lo": -0.004, "hi": 0.006})[0] == INCONCLUSIVE  # no margin, no equivalence
+
+
+def test_a_zero_variance_interval_is_never_evidence():
+    # paired_ci([1/96]*3, [0]*3) is [0.0104, 0.0104]: it used to read as "reproduced"
+    diff = paired_ci([1 / 96] * 3, [0.0] * 3)
+    assert diff["lo"] == pytest.approx(diff["hi"])
+    assert verdict(diff)[0] == NOT_TESTABLE
+    assert verdict(paired_ci([0.0] * 3, [0.0] * 3))[0] == NOT_TESTABLE  # 0 vs 0 across seeds
+
+
+def test_seeds_needed_matches_a_hand_computation():
+    # mean 1, sd 1: n >= (t(n-1) + 0.8416)^2; t(9)=2.262 -> 9.63 > 9, t(10)=2.228 -> 9.42 <= 10
+    assert seeds_needed([0.0, 1.0, 2.0]) == 10
+    assert seeds_needed([1.0, 1.0]) is None and seeds_needed([0.5]) is None
+    assert seeds_needed([1.0, 3.0]) < seeds_needed([1.0, 5.0])
 
 
 def test_no_negative_zero_in_reports():

@@ -1,7 +1,25 @@
-"""The ZFNet study's data streams: labelled training batches identical for every design
-(same seed → same images in the same order), and fixed held-out and probe sets, from
-rendered fractals (:class:`FractalStream`) or an image collection (:class:`SourceStream`).
-``vizcnn.methods.study.train`` consumes them."""
+"""The ZFNet study's data: labelled training batches identical for every design (same
+seed → same images in the same order), and fixed held-out and probe sets.
+
+Three kinds of DATA:
+
+- ``fashion-mnist-canvas`` (the ``cpu`` preset's): Fashion-MNIST's 28 px images at their
+  native resolution, each pasted at a random position of a larger canvas in a random
+  foreground and background colour (bright on dark). Not upscaled, so the garments keep their pixel-sharp
+  edges (energy a stride-4 first layer folds: about a quarter of it lies outside stride
+  4's Nyquist square, against 3% for the upscaled images), and in colour, so conv1's
+  colour channels receive a gradient (grey images fed as three equal channels leave the
+  filters' colour differences at their initial noise).
+- ``fractals`` (the ``gpu`` preset's): FractalDB-style colour IFS images, rendered once
+  per run into a fixed labelled set at the preset's size (``train_images`` of them, and a
+  held-out set drawn with seeds no training image uses).
+- anything the dataset passes read (``fashion-mnist`` upscaled, a class-folder tree): a
+  fixed 90/10 split, decoded in DataLoader workers (:class:`SourceStream`).
+
+Seed i fixes the order of the training images (one permutation per epoch) and, for the
+canvas, each training image's position and colours; the held-out set is the same for
+every seed. ``vizcnn.study.train.train`` consumes the streams.
+"""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -12,12 +30,12 @@ import numpy as np
 import torch
 
 from ..core.errors import BadInputError
+from ..io.sources import ImageSource, fashion_mnist_arrays, loader, open_data
 from .fractals import FractalSource
-from ..io.sources import ImageSource, loader, open_data
 
 
 class Recipe(Protocol):
-    """What a stream needs of the study's recipe (``vizcnn.methods.study.Preset`` has it)."""
+    """What a stream needs of the study's recipe (``vizcnn.study.train.Preset`` has it)."""
 
     data: str
     size: int
@@ -25,60 +43,157 @@ class Recipe(Protocol):
     batch: int
     steps: int
     workers: int
-    eval_images: int
+    eval_images: int | None
     probe_images: int
+    train_images: int
 
 
 PIXEL_SCALE = 255.0  # inputs are (image - mean) · 255, the paper's raw-pixel scale
+SPLIT_SEED = 20140101  # draws every held-out image (and the split of a collection): the same for every seed
 
 
-class FractalStream:
-    """The study's built-in data: labelled fractal batches, identical for every design
-    (same seed → same images in the same order), and fixed held-out and probe sets."""
+def _order(seed: int, n: int, first: int, count: int) -> list[int]:
+    """Positions first … first + count − 1 of seed's endless epoch order over n images."""
+    order, epoch = [], first // n
+    offset = first - epoch * n
+    while len(order) < count:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order += torch.randperm(n, generator=g)[offset:].tolist()
+        epoch, offset = epoch + 1, 0
+    return order[:count]
 
-    MEAN = 0.25  # the fractal images' average intensity, subtracted before scaling
-    name = "fractals"
 
-    def __init__(self, preset: Recipe, *, seed: int, device: torch.device, source_seed: int | None = None):
-        # ``source_seed`` draws the classes (the IFS systems); ``seed`` the images and their order
+class TensorStream:
+    """A labelled training set and a held-out set held in memory as uint8 tensors:
+    batches in seed's epoch order, each image passed through :meth:`compose` (the identity
+    here; the canvas places and colours it)."""
+
+    name = "tensors"
+    mean = 0.5
+    grey = False  # colour images: conv1's colour channels train
+
+    def __init__(self, preset: Recipe, *, seed: int, device: torch.device, train: tuple, heldout: tuple,
+                 classes: Sequence[str]):
         self.preset, self.seed, self.device = preset, seed, device
-        self.mean = self.MEAN
-        self.classes = [f"IFS {i}" for i in range(preset.classes)]
-        self.source = FractalSource(preset.classes, preset.size, seed=seed if source_seed is None else source_seed,
-                                    device=device)
+        self.train_x, self.train_y = train
+        self.held_x, self.held_y = heldout
+        self.classes = list(classes)
 
-    def describe(self) -> str:
-        p = self.preset
-        return f"fractals (FractalDB-style IFS, {p.classes} classes, {p.size}px, rendered per step)"
-
-    def _generator(self, seed: int) -> torch.Generator:
-        return torch.Generator(device=self.device if self.device.type == "cuda" else "cpu").manual_seed(seed)
-
-    def train_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = self._generator(self.seed * 1_000_003 + step)
-        labels = torch.randint(self.preset.classes, (self.preset.batch,), generator=g, device=g.device)
-        return self.prepare(self.source.batch(labels, g)), labels.to(self.device)
+    def compose(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """uint8 images → float images in [0, 1] at the preset's size."""
+        return images.float() / 255
 
     def batches(self, start_step: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """(step, prepared images, labels) for steps start_step + 1 … preset.steps."""
-        for step in range(start_step + 1, self.preset.steps + 1):
-            yield (step, *self.train_batch(step))
+        b = self.preset.batch
+        order = torch.tensor(_order(self.seed, len(self.train_x), start_step * b, (self.preset.steps - start_step) * b))
+        for j, step in enumerate(range(start_step + 1, self.preset.steps + 1)):
+            idx = order[j * b:(j + 1) * b]
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step + 7)
+            x = self.compose(self.train_x[idx], g).to(self.device)
+            yield step, self.prepare(x), self.train_y[idx].to(self.device)
 
-    def fixed_set(self, n: int, salt: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """n images in [0, 1] with balanced labels, from a seed no training batch uses."""
-        labels = torch.arange(n) % self.preset.classes
-        images = torch.cat([self.source.batch(labels[i:i + 256], self._generator(-(salt + i + 1) % 2**62))
-                            for i in range(0, n, 256)])
-        return images, labels.to(self.device)
-
-    def heldout(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.fixed_set(self.preset.eval_images, salt=1)
+    def heldout(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out images in [0, 1] (all of them, or the first ``limit``) and labels."""
+        n = len(self.held_x) if limit is None else min(limit, len(self.held_x))
+        return self.held_x[:n].float().div(255).to(self.device), self.held_y[:n].to(self.device)
 
     def probe(self) -> torch.Tensor:
-        return self.fixed_set(self.preset.probe_images, salt=2)[0]
+        """The first ``probe_images`` held-out images, in [0, 1]."""
+        return self.heldout(self.preset.probe_images)[0]
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) * PIXEL_SCALE
+
+
+def _quantise(images: torch.Tensor) -> torch.Tensor:
+    return images.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu()
+
+
+class CanvasStream(TensorStream):
+    """Fashion-MNIST at native resolution on a coloured canvas (see the module docstring).
+    Each image: a dark background colour uniform in [0, 0.4]³, a bright foreground colour
+    uniform in [0.6, 1]³ (so every channel keeps at least 0.2 of contrast), and the 28 px
+    glyph at a uniformly random position of the ``size`` px canvas."""
+
+    name = "fashion-mnist-canvas"
+    GLYPH = 28
+
+    def __init__(self, preset: Recipe, *, seed: int, device: torch.device):
+        if preset.size < self.GLYPH:
+            raise BadInputError(f"fashion-mnist-canvas needs a canvas of at least {self.GLYPH}px, "
+                                f"the preset's input is {preset.size}px")
+        from ..io.sources import FASHION_MNIST_CLASSES
+
+        tx, ty = fashion_mnist_arrays("train")
+        hx, hy = fashion_mnist_arrays("test")
+        train = torch.from_numpy(np.array(tx)), torch.from_numpy(np.array(ty)).long()
+        glyphs = torch.from_numpy(np.array(hx))
+        held = _quantise(self.compose(glyphs, torch.Generator().manual_seed(SPLIT_SEED), preset.size))
+        super().__init__(preset, seed=seed, device=device, train=train, heldout=(held, torch.from_numpy(np.array(hy)).long()),
+                         classes=FASHION_MNIST_CLASSES)
+
+    def compose(self, images: torch.Tensor, generator: torch.Generator, size: int | None = None) -> torch.Tensor:
+        size = self.preset.size if size is None else size
+        n, k = len(images), self.GLYPH
+        out = torch.empty(n, 3, size, size)
+        glyph = images.float().div(255).unsqueeze(1)  # (n, 1, 28, 28)
+        for start in range(0, n, 4096):  # bounded memory for the 10,000 held-out images
+            sl = slice(start, min(n, start + 4096))
+            m = sl.stop - sl.start
+            fg = 0.6 + 0.4 * torch.rand(m, 3, 1, 1, generator=generator)
+            bg = 0.4 * torch.rand(m, 3, 1, 1, generator=generator)
+            pos = torch.randint(0, size - k + 1, (m, 2), generator=generator)
+            canvas = bg.expand(m, 3, size, size).clone()
+            for i in range(m):
+                y, x = int(pos[i, 0]), int(pos[i, 1])
+                canvas[i, :, y:y + k, x:x + k] = bg[i] + (fg[i] - bg[i]) * glyph[sl.start + i]
+            out[sl] = canvas
+        return out
+
+    def describe(self) -> str:
+        return (f"fashion-mnist-canvas (Fashion-MNIST's 28 px images at native resolution, pasted at random "
+                f"positions of a {self.preset.size}px canvas in random colours; 10 classes; "
+                f"{len(self.train_x)} training images, {len(self.held_x)} held out)")
+
+
+class FractalStream(TensorStream):
+    """FractalDB-style colour fractals (``vizcnn.study.fractals``), rendered once into a fixed
+    labelled set: ``train_images`` training images and ``eval_images`` held-out ones, in
+    balanced classes. ``source_seed`` draws the classes (the IFS systems), the same for
+    every seed; ``seed`` only orders the training set."""
+
+    name = "fractals"
+
+    def __init__(self, preset: Recipe, *, seed: int, device: torch.device, source_seed: int | None = None,
+                 cache: dict | None = None):
+        key = (preset.classes, preset.size, preset.train_images, preset.eval_images, source_seed, str(device))
+        if cache is not None and key in cache:
+            train, held = cache[key]
+        else:
+            source = FractalSource(preset.classes, preset.size, seed=0 if source_seed is None else source_seed,
+                                   device=device)
+            train = self._render(source, preset.train_images, salt=1, device=device)
+            held = self._render(source, preset.eval_images or 1000, salt=2, device=device)
+            if cache is not None:
+                cache[key] = train, held
+        super().__init__(preset, seed=seed, device=device, train=train, heldout=held,
+                         classes=[f"IFS {i}" for i in range(preset.classes)])
+
+    @staticmethod
+    def _render(source: FractalSource, n: int, *, salt: int, device: torch.device) -> tuple:
+        labels = torch.arange(n) % source.num_classes
+        g = torch.Generator(device=device if device.type == "cuda" else "cpu")
+        images = []
+        for i in range(0, n, 512):
+            g.manual_seed(SPLIT_SEED * 31 + salt * 1_000_003 + i)
+            images.append(_quantise(source.batch(labels[i:i + 512], g)))
+        return torch.cat(images), labels
+
+    def describe(self) -> str:
+        p = self.preset
+        return (f"fractals (FractalDB-style colour IFS, {p.classes} classes, {p.size}px; {len(self.train_x)} "
+                f"training images rendered once, {len(self.held_x)} held out)")
 
 
 class SubsetSource(ImageSource):
@@ -105,9 +220,6 @@ class SubsetSource(ImageSource):
 HELDOUT_FRACTION = 0.1
 
 
-SPLIT_SEED = 20140101
-
-
 def labelled_split(data: str) -> tuple[ImageSource, ImageSource]:
     """DATA → (training images, held-out images), both labelled. ``fashion-mnist`` trains
     on its train split and holds out its test split; any other collection with labels
@@ -119,7 +231,8 @@ def labelled_split(data: str) -> tuple[ImageSource, ImageSource]:
     labels = [source.label(i) for i in range(len(source))]
     if not source.classes or len(source.classes) < 2 or any(y is None for y in labels):
         raise BadInputError(f"--data {data}: the study needs labelled images in at least 2 classes — a folder "
-                            f"with one subfolder per class (ImageFolder layout), fashion-mnist, or fractals")
+                            f"with one subfolder per class (ImageFolder layout), fashion-mnist, "
+                            f"fashion-mnist-canvas, or fractals")
     g = torch.Generator().manual_seed(SPLIT_SEED)
     by_class: dict[int, list[int]] = {}
     for i in torch.randperm(len(source), generator=g).tolist():
@@ -146,16 +259,16 @@ class _Resize:
 
 
 class SourceStream:
-    """Labelled images from files or Fashion-MNIST, decoded in DataLoader workers. Seed i
-    fixes the order (one permutation of the training images per epoch), so every design
-    trained with seed i sees the same images in the same order; the held-out images are
-    never in a training batch."""
+    """Labelled images from files or Fashion-MNIST (upscaled), decoded in DataLoader
+    workers. Seed i fixes the order (one permutation of the training images per epoch);
+    the held-out images are never in a training batch."""
 
     def __init__(self, preset: Recipe, data: str, *, seed: int, device: torch.device):
         self.preset, self.seed, self.device, self.data = preset, seed, device, data
         self.train_source, self.heldout_source = labelled_split(data)
         self.classes = list(self.train_source.classes)
         self.name = data
+        self.grey = data.partition(":")[0] == "fashion-mnist"  # grey images fed as 3 equal channels
         self.spec = _Resize((3, preset.size, preset.size))
         self.train_labels = torch.tensor([self.train_source.label(i) for i in range(len(self.train_source))])
         self._held = None
@@ -165,19 +278,9 @@ class SourceStream:
         return (f"{self.data} ({len(self.classes)} classes; {len(self.train_source)} training images, "
                 f"{len(self.heldout_source)} held out; resized/cropped to {self.preset.size}px, grey as 3 channels)")
 
-    def _order(self, first: int, count: int) -> list[int]:
-        """Positions first … first + count − 1 of this seed's endless epoch order."""
-        n, order, epoch = len(self.train_source), [], first // len(self.train_source)
-        offset = first - epoch * n
-        while len(order) < count:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order += torch.randperm(n, generator=g)[offset:].tolist()
-            epoch, offset = epoch + 1, 0
-        return order[:count]
-
     def batches(self, start_step: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         b = self.preset.batch
-        indices = self._order(start_step * b, (self.preset.steps - start_step) * b)
+        indices = _order(self.seed, len(self.train_source), start_step * b, (self.preset.steps - start_step) * b)
         batches = loader(self.train_source, self.spec, indices=indices, batch_size=b,
                          num_workers=self.preset.workers, pin_memory=self.device.type == "cuda")
         for step, batch in zip(range(start_step + 1, self.preset.steps + 1), batches):
@@ -187,9 +290,11 @@ class SourceStream:
             yield step, x, self.train_labels[batch.index].to(self.device)
 
     def _held_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first max(eval_images, probe_images) held-out images in [0, 1], and labels."""
+        """Every held-out image in [0, 1] (at most ``eval_images`` when the preset caps it), and labels."""
         if self._held is None:
-            n = min(max(self.preset.eval_images, self.preset.probe_images), len(self.heldout_source))
+            cap = self.preset.eval_images
+            n = len(self.heldout_source) if cap is None else min(max(cap, self.preset.probe_images),
+                                                                  len(self.heldout_source))
             xs, ys = [], []
             for batch in loader(self.heldout_source, self.spec, indices=range(n), batch_size=256,
                                 num_workers=self.preset.workers):
@@ -201,9 +306,9 @@ class SourceStream:
             self._held = torch.cat(xs).to(self.device), torch.cat(ys).to(self.device)
         return self._held
 
-    def heldout(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def heldout(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self._held_set()
-        return x[:self.preset.eval_images], y[:self.preset.eval_images]
+        return (x, y) if limit is None else (x[:limit], y[:limit])
 
     def probe(self) -> torch.Tensor:
         """The first ``probe_images`` held-out images, in [0, 1]."""
@@ -213,16 +318,31 @@ class SourceStream:
         return (images - self.mean) * PIXEL_SCALE
 
 
+DATA_NAMES = ("fashion-mnist-canvas", "fractals", "fashion-mnist")
+
+
 def open_stream(preset: Recipe, data: str | None, *, seed: int, device: torch.device,
-                source_seed: int | None = None):
-    """The study's data for DATA (the preset's own when None): ``fractals`` (rendered on
-    ``device``; ``source_seed`` draws its classes), ``fashion-mnist``, or a labelled
-    collection in the dataset passes' grammar. Returns a stream whose ``classes`` fix the
-    number of outputs."""
+                source_seed: int | None = None, cache: dict | None = None):
+    """The study's data for DATA (the preset's own when None): ``fashion-mnist-canvas``,
+    ``fractals`` (rendered on ``device``; ``source_seed`` draws its classes; ``cache``
+    keeps the rendered set across seeds), or a labelled collection in the dataset passes'
+    grammar (``fashion-mnist``, a class-folder tree). Returns a stream whose ``classes``
+    fix the number of outputs."""
     data = preset.data if data is None else data
     if data == "fractals":
-        return FractalStream(preset, seed=seed, device=device, source_seed=source_seed)
+        return FractalStream(preset, seed=seed, device=device, source_seed=source_seed, cache=cache)
+    if data == "fashion-mnist-canvas":
+        if cache is not None and "canvas" in cache:
+            stream = cache["canvas"]
+            out = object.__new__(CanvasStream)
+            out.__dict__.update(stream.__dict__, seed=seed, preset=preset, device=device)
+            return out
+        stream = CanvasStream(preset, seed=seed, device=device)
+        if cache is not None:
+            cache["canvas"] = stream
+        return stream
     return SourceStream(preset, data, seed=seed, device=device)
 
 
-__all__ = ["PIXEL_SCALE", "FractalStream", "SourceStream", "SubsetSource", "labelled_split", "open_stream"]
+__all__ = ["PIXEL_SCALE", "DATA_NAMES", "TensorStream", "CanvasStream", "FractalStream", "SourceStream",
+           "SubsetSource", "labelled_split", "open_stream"]

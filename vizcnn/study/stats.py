@@ -9,9 +9,19 @@ a fraction of filters or of held-out images, the normal interval of a mean over
 projections — and two models are compared by the normal interval of the difference.
 
 A claim's verdict reads the interval of the difference, oriented so that a positive
-difference is what the paper claims: *reproduced* when the whole interval is above 0,
-*not reproduced* when none of it is (no difference, or the opposite one), and
-*inconclusive at this budget* when it straddles 0 — or when there is no interval.
+difference is what the paper claims (:func:`verdict`):
+
+- *reproduced*: the whole interval lies on the paper's side of 0;
+- *contradicted*: the whole interval lies on the other side;
+- *equivalent within the margin*: the interval lies inside ±margin, for a claim whose
+  margin was stated before the run (held-out accuracy: ±1 point);
+- *not testable*: the phenomenon is absent from every network of both designs, or the
+  differences have no variance (a zero-width interval is never evidence), or a network
+  learned too little to be compared (held-out top-1 under twice chance);
+- *inconclusive*: anything else, including a single seed (no interval).
+
+With one model per design (``--trained``) there are no seeds to repeat: its numbers are
+*descriptive*, with no verdict.
 """
 from __future__ import annotations
 
@@ -24,7 +34,9 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
          19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
 Z975 = 1.959964
 
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive at this budget"
+REPRODUCED, CONTRADICTED, EQUIVALENT = "reproduced", "contradicted", "equivalent within the margin"
+NOT_TESTABLE, INCONCLUSIVE, DESCRIPTIVE = "not testable", "inconclusive", "descriptive (one model per design)"
+VERDICTS = (REPRODUCED, CONTRADICTED, EQUIVALENT, NOT_TESTABLE, INCONCLUSIVE, DESCRIPTIVE)
 
 
 def t975(df: int) -> float:
@@ -113,17 +125,43 @@ def difference_ci(a: dict, b: dict) -> dict:
     return interval(d, Z975 * math.hypot(se_a, se_b), 0, method="normal")
 
 
-def verdict(diff: dict) -> str:
-    """The verdict on a claim from the interval of its difference, oriented so that
-    positive is the claimed direction (see the module docstring)."""
-    lo, hi = diff.get("lo"), diff.get("hi")
-    if lo is None or hi is None:
-        return INCONCLUSIVE
+def verdict(diff: dict | None, *, margin: float | None = None) -> tuple[str, str]:
+    """(verdict, why) for a claim from the interval of its difference, oriented so that
+    positive is the claimed direction (see the module docstring). The callers decide
+    beforehand what makes a claim *not testable* at all (absent phenomenon, networks at
+    chance); here a difference without spread is."""
+    if diff is None or diff.get("lo") is None or diff.get("hi") is None:
+        return INCONCLUSIVE, "no interval (fewer than 2 seeds)"
+    lo, hi = diff["lo"], diff["hi"]
+    values = diff.get("values")
+    if hi - lo <= 1e-12 or (values is not None and len(values) > 1 and max(values) - min(values) <= 1e-12):
+        return NOT_TESTABLE, "the differences have no variance across seeds: a zero-width interval is no evidence"
     if lo > 0:
-        return REPRODUCED
-    if hi <= 0:
-        return NOT_REPRODUCED
-    return INCONCLUSIVE
+        return REPRODUCED, "the interval lies on the paper's side of 0"
+    if hi < 0:
+        return CONTRADICTED, "the interval lies on the other side of 0"
+    if margin is not None and -margin < lo and hi < margin:
+        return EQUIVALENT, f"the interval lies inside ±{margin:g}, the margin stated in advance"
+    return INCONCLUSIVE, "the interval straddles 0" + ("" if margin is None else f" and reaches beyond ±{margin:g}")
+
+
+def seeds_needed(values: Sequence[float], power: float = 0.8) -> int | None:
+    """How many seeds a paired difference with this mean and spread would need for its
+    95% interval to exclude 0 with probability ``power`` (normal approximation, iterated
+    on Student's t): ``n ≥ ((t(n−1) + z_power) · sd / |mean|)²``. None when there is no
+    spread or no effect to detect."""
+    v = [float(x) for x in values]
+    if len(v) < 2:
+        return None
+    m = sum(v) / len(v)
+    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+    if sd <= 0 or m == 0:
+        return None
+    z = {0.8: 0.841621, 0.9: 1.281552}[power]
+    n = 2
+    while n < 10_000 and n < ((t975(n - 1) + z) * sd / abs(m)) ** 2:
+        n += 1
+    return n
 
 
 def number(x: float, digits: int = 3) -> str:
@@ -140,5 +178,6 @@ def fmt(ci: dict, digits: int = 3) -> str:
     return f"{m} [{number(ci['lo'], digits)}, {number(ci['hi'], digits)}]"
 
 
-__all__ = ["mean_ci", "paired_ci", "wilson", "mean_normal", "difference_ci", "verdict", "fmt", "number", "t975",
-           "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE"]
+__all__ = ["mean_ci", "paired_ci", "wilson", "mean_normal", "difference_ci", "verdict", "seeds_needed", "fmt",
+           "number", "t975", "REPRODUCED", "CONTRADICTED", "EQUIVALENT", "NOT_TESTABLE", "INCONCLUSIVE", "DESCRIPTIVE",
+           "VERDICTS"]
