@@ -537,3 +537,78 @@ def test_write_json(tmp_path: Path) -> None:
 )
 def test_safe_filename(name: str, expected: str) -> None:
     assert safe_filename(name) == expected
+
+
+# ------------------------------------------------------------------ the decode budget (#25)
+
+_LAYOUT_CASES = [
+    (".png", np.zeros((9, 13, 4), np.uint16)), (".png", np.zeros((9, 13), np.uint8)),
+    (".png", np.zeros((9, 13, 3), np.uint8)), (".jpg", np.zeros((9, 13, 3), np.uint8)),
+    (".jpg", np.zeros((9, 13), np.uint8)), (".bmp", np.zeros((9, 13, 3), np.uint8)),
+    (".bmp", np.zeros((9, 13, 4), np.uint8)), (".webp", np.zeros((9, 13, 4), np.uint8)),
+    (".tiff", np.zeros((9, 13, 4), np.float64)), (".tiff", np.zeros((9, 13, 3), np.uint16)),
+    (".tiff", np.zeros((9, 13), np.float32)), (".hdr", np.zeros((9, 13, 3), np.float32)),
+    (".pgm", np.zeros((9, 13), np.uint16)), (".ppm", np.zeros((9, 13, 3), np.uint8)),
+    (".pfm", np.zeros((9, 13, 3), np.float32)), (".ras", np.zeros((9, 13, 3), np.uint8)),
+]
+
+
+@pytest.mark.parametrize("ext, array", _LAYOUT_CASES, ids=[f"{e}-{a.dtype}-{a.shape}" for e, a in _LAYOUT_CASES])
+def test_decode_layout_never_underestimates_what_opencv_allocates(ext, array):
+    """The byte budget is checked against the header's width × height × channels × bytes per
+    sample; OpenCV's own decode of the file (IMREAD_UNCHANGED, as read_image) is the reference."""
+    data = cv2.imencode(ext, array)[1].tobytes()
+    channels, sample, _extra, pixels = imageio.decode_layout(data)
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert pixels == decoded.shape[0] * decoded.shape[1]
+    assert channels * sample * pixels >= decoded.nbytes, (channels, sample, decoded.shape, decoded.dtype)
+
+
+def test_over_budget_headers_are_refused_before_decoding(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(_encode(".png", np.zeros((64, 64, 4), np.uint16)))
+    with pytest.raises(BadInputError, match=r"64×64×4 samples of 2 bytes = 32768 bytes > the decode budget of 32767"):
+        read_image(path, max_bytes=32767)
+    assert read_image(path, max_bytes=32768).shape == (64, 64, 3)
+
+
+def test_the_conversion_makes_one_float_copy(tmp_path):
+    """tracemalloc sees numpy's allocations: converting a decoded 16-bit RGBA image costs the
+    float32 RGB result plus one channel's worth (alpha and its complement), no more."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 65535, (600, 500, 4), dtype=np.uint16)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        unit = imageio._to_unit_rgb(raw, "x", gray=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert unit.shape == (600, 500, 3) and unit.dtype == np.float32
+    assert peak <= unit.nbytes * (1 + 2 / 3) + (1 << 16), peak / unit.nbytes
+    alpha = raw[:, :, 3:].astype(np.float32) / np.float32(65535)  # the reference, in plain numpy
+    want = (raw[:, :, 2::-1] / np.float32(65535)).astype(np.float32) * alpha + np.float32(0.5) * (1 - alpha)
+    np.testing.assert_array_equal(unit, want)
+
+
+@pytest.mark.parametrize("shape, dtype, gray", [((90, 130, 3), np.uint8, False), ((90, 130, 4), np.uint16, True),
+                                                 ((90, 130), np.uint8, False), ((3000, 2000, 3), np.uint8, False)])
+def test_read_fitted_equals_read_then_fit(tmp_path, shape, dtype, gray):
+    """read_fitted makes its float copy at the input size; below the resize-first threshold it
+    equals read_image + fit bit for bit, above it to within one 8-bit level."""
+    from vizcnn.io.inputs import fit
+
+    rng = np.random.default_rng(1)
+    top = np.iinfo(dtype).max
+    raw = rng.integers(0, top, shape, dtype=dtype)
+    path = tmp_path / "a.png"
+    path.write_bytes(cv2.imencode(".png", raw)[1].tobytes())
+    got, size = imageio.read_fitted(path, (64, 48), gray=gray)
+    want = fit(read_image(path, gray=gray), (64, 48))
+    assert size == shape[:2] and got.shape == want.shape
+    if shape[0] * shape[1] * 12 <= imageio._FLOAT_CROP_BYTES:
+        np.testing.assert_array_equal(got, want)
+    else:
+        assert np.abs(got - want).max() <= 1 / 255 + 1e-6

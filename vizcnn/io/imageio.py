@@ -696,7 +696,8 @@ def _to_unit_rgb(image: np.ndarray, shown: str, gray: bool) -> np.ndarray:
     if c in (2, 4):  # gray+alpha or BGRA: over mid grey, x * a + 0.5 * (1 - a)
         alpha = np.empty((h, w), np.float32)
         unit(c - 1, alpha)
-        blend = np.float32(0.5) * (1.0 - alpha)
+        blend = np.subtract(np.float32(1.0), alpha)  # 0.5 * (1 - a), made in place
+        blend *= np.float32(0.5)
     for j, k in enumerate(sources):
         plane = result[:, :, j]
         unit(k, plane)
