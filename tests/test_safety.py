@@ -1016,3 +1016,19 @@ def test_break_14_jpeg_2000_is_refused_by_signature(tmp_path):
             read_image(tmp_path / name)
     readme = (ROOT / "README.md").read_text()
     assert "OpenJPEG" in readme and "turns the OpenEXR and JPEG 2000 decoders off" not in readme
+
+
+def test_break_11_a_float16_overflow_is_named_float16():
+    """``scan`` on a half-precision model whose activations pass 65504 said "float32"."""
+    from types import SimpleNamespace
+
+    from vizcnn.core.errors import BadInputError
+    from vizcnn.io.sources import TensorSource
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()).half()
+    with torch.no_grad():
+        model[0].weight.fill_(1e4)
+    source = TensorSource("ones", torch.ones(2, 1, 8, 8))
+    spec = SimpleNamespace(name="t", input_size=(1, 8, 8), mean=(0.0,), std=(1.0,))
+    with pytest.raises(BadInputError, match="too large for float16"):
+        vizcnn.scan(model, source, spec, topk_layers=["0"], num_workers=0)
