@@ -235,6 +235,13 @@ def _saliency_section(sal: dict, fmt: str) -> str:
     return body
 
 
+def _interval(c) -> str:
+    """A sanity interval (mean, lo, hi across images) as ``mean [lo, hi]``; a bare number as itself."""
+    if not isinstance(c, dict):
+        return _num(c, 2)
+    return _num(c.get("mean"), 2) + (f" [{_num(c['lo'], 2)}, {_num(c['hi'], 2)}]" if c.get("lo") is not None else "")
+
+
 def _sanity_section(san: dict, fmt: str) -> str:
     """The sanity step's section of index.html; figures in ``fmt``."""
     body = ""
@@ -248,12 +255,13 @@ def _sanity_section(san: dict, fmt: str) -> str:
     rows = []
     for m, v in san["verdicts"].items():
         label = {True: '<span class="pass">passes</span>', False: '<span class="fail">fails</span>',
-                 None: "no verdict (constant map)"}[v["passes"]]
-        rows.append([_e(m), label, _num(v.get("spearman_signed_at_verdict_step"), 2),
-                     _num(v.get("spearman_abs_at_verdict_step"), 2), _num(v.get("ssim_at_verdict_step"), 2),
+                 None: _e(v.get("verdict", "no verdict"))}[v["passes"]]
+        rows.append([_e(m), label, *(_interval(v.get(k)) for k in ("spearman_signed_at_verdict_step",
+                                                                    "spearman_abs_at_verdict_step",
+                                                                    "ssim_at_verdict_step")),
                      _e(v.get("decorrelated_at") or "never")])
-    body += _table(["method", "verdict", "signed rank corr.", "|map| rank corr.", "SSIM",
-                    "decorrelated (< 0.5) at"], rows, [False, False, True, True, True, False])
+    body += _table(["method", "verdict", "|signed rank corr.|", "|map| rank corr.", "SSIM",
+                    "interval below 0.5 at"], rows, [False, False, True, True, True, False])
     if maps:
         body += _fig(maps, "Rows: methods; columns: the original map, then the map after each cascade step "
                            "(that layer and all above it re-initialised).", alt="sanity maps", fmt=fmt)
@@ -370,7 +378,7 @@ def render_index(summary: dict) -> str:
         parts = []
         for m, v in san["verdicts"].items():
             label = {True: '<span class="pass">passes</span>', False: '<span class="fail">fails</span>',
-                     None: "no verdict"}[v["passes"]]
+                     None: _e(v.get("verdict", "no verdict"))}[v["passes"]]
             parts.append(f"{_e(m)} {label}")
         keys.append(("sanity check", ", ".join(parts)))
     occ = s.get("occlusion")

@@ -183,12 +183,14 @@ def sanity_maps_figure(maps: Mapping[str, Sequence[torch.Tensor]], columns: Sequ
 
 def sanity_curves_figure(steps: Sequence[str], metrics: Mapping[str, Mapping[str, Sequence[float]]],
                          title: str, *, threshold: float | None = None, threshold_metric: str | None = None,
-                         verdict_step: int | None = None) -> Figure:
+                         verdict_step: int | None = None,
+                         intervals: Mapping[str, Mapping[str, tuple[Sequence, Sequence]]] | None = None) -> Figure:
     """Similarity to the original map against cascade depth, one line per method:
     rank correlation of the absolute maps, of the signed maps, and SSIM.
 
     steps: x tick labels (``original``, then the layer randomised at each step, top down);
-    metrics: {metric name: {method: values, one per step}}.
+    metrics: {metric name: {method: values, one per step}}; intervals: {metric name:
+    {method: (lower bounds, upper bounds)}}, shaded around each line (across images).
     """
     names = list(metrics)
     gaps = any(v is None or (isinstance(v, float) and np.isnan(v))
@@ -202,7 +204,11 @@ def sanity_curves_figure(steps: Sequence[str], metrics: Mapping[str, Mapping[str
     for ax, name in zip(axes, names):
         for method, values in metrics[name].items():
             v = np.array([np.nan if val is None else val for val in values], dtype=float)
-            ax.plot(x, v, marker="o", ms=3, label=method)
+            line, = ax.plot(x, v, marker="o", ms=3, label=method)
+            band = (intervals or {}).get(name, {}).get(method)
+            if band is not None:
+                lo, hi = (np.array([np.nan if b is None else b for b in side], dtype=float) for side in band)
+                ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
         ax.axhline(0, color="0.6", lw=0.8)
         if threshold is not None and name == threshold_metric:
             ax.axhline(threshold, color="0.3", lw=0.8, ls="--", label=f"pass threshold {threshold}")
