@@ -38,11 +38,6 @@ _EOCD64 = b"PK\x06\x06"
 _TAIL = (1 << 16) + 22  # an EOCD record (22 bytes) and the longest comment it may carry
 
 
-def _shown(path) -> str:
-    text = os.fsdecode(os.fspath(path))
-    return text if text.isprintable() else repr(text)
-
-
 def load_bounded(path: str | os.PathLike, *, max_bytes: int | None = None,
                  map_location: Any = "cpu") -> Any:
     """What ``torch.load(path, weights_only=True, map_location=...)`` returns, read only
@@ -54,9 +49,9 @@ def load_bounded(path: str | os.PathLike, *, max_bytes: int | None = None,
         BadInputError: anything else (missing, not a regular file, not a zip checkpoint,
             forged, over the bound, code in the pickle, truncated); one line.
     """
-    from ..io.imageio import open_regular
+    from ..io.imageio import display_text, open_regular
 
-    shown = _shown(path)
+    shown = display_text(path)
     limit = MAX_CHECKPOINT_BYTES if max_bytes is None else int(max_bytes)
     with open_regular(path, f"weights {shown}", what="checkpoint file") as file:
         _check_archive(file, shown, limit)
