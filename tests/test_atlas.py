@@ -178,6 +178,37 @@ def test_interrupted_run_resumes_to_the_same_result(site, data, tmp_path):
     assert _tree(out) == _tree(reference)
 
 
+def test_a_killed_command_resumes_to_the_same_site(tmp_path):
+    """``kill -9`` during the projections (no handler runs): the rerun of the same command
+    continues from the saved pass and layers and publishes what an uninterrupted run does."""
+    import signal
+    import sys
+
+    args = ["atlas", "alexnet", "samples", "--weights", "fashion-mnist", "--layer", "conv1", "--layer", "conv3",
+            "--units", "0-1", "--no-optimize", "--workers", "0"]
+    killed = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-m", "cli", *args, "--out", str(killed)], cwd=ROOT,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in child.stderr:
+            if "projections conv3" in line:
+                child.send_signal(signal.SIGKILL)
+                break
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert (killed / "state" / "pass.pt").is_file() and not (killed / "index.html").exists()
+    resumed = CliRunner().invoke(cli, [*args, "--out", str(killed)])
+    assert resumed.exit_code == 0, resumed.output
+    assert "data pass: resumed" in resumed.output and "projections conv1 (1/2): resumed" in resumed.output
+    whole = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    assert _tree(killed) == _tree(tmp_path / "whole")
+    a, b = (json.loads((f / "summary.json").read_text()) for f in (killed, tmp_path / "whole"))
+    assert _comparable({**a, "out": None}) == _comparable({**b, "out": None})
+
+
 def spawned(rank: int, world: int, port: int, data: str, out: str) -> None:
     """One rank of a 2-process run, with the environment torchrun gives."""
     from vizcnn.io.output import OutputDir
