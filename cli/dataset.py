@@ -16,8 +16,8 @@ from .options import (default_weights, echo_summary, model_argument, output_fold
                       projection_options, run_options, wrote)
 
 data_argument = click.argument("data", metavar="DATA")
-batch_option = click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
-                            help="Images per forward pass.")
+batch_option = click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 1024),
+                            help="Images per forward pass (1 to 1024).")
 workers_option = click.option("--workers", default=None, type=click.IntRange(0, os.cpu_count() or 1),
                               help="DataLoader worker processes decoding images (default min(4, CPUs); "
                                    "0 decodes in the main process; at most the number of CPUs).")

@@ -7,8 +7,8 @@ from .main import cli
 from .options import (ImageRun, default_weights, echo_summary, image_argument, model_argument, progress,
                       projection_options, run_options, wrote)
 
-batch_option = click.option("--batch-size", default=64, show_default=True, type=int,
-                            help="Images per forward pass.")
+batch_option = click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 1024),
+                            help="Images per forward pass (1 to 1024).")
 target_option = click.option("--target", type=int, default=None,
                              help="Class index to follow (default: the top prediction on the unmodified image).")
 

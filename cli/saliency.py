@@ -73,8 +73,8 @@ def _fitting_samples(model: str, weights: str) -> list[str]:
               help=f"Comma-separated saliency methods, from: {', '.join(METHODS)}.")
 @target_option
 @click.option("--layer", default=None, metavar="NAME", help="Grad-CAM layer (default: the last conv feature map).")
-@click.option("--steps", default=16, show_default=True, type=click.IntRange(min=1),
-              help="Integrated-gradients steps and SmoothGrad samples (fewer than `vizcnn saliency`'s 50: the "
+@click.option("--steps", default=16, show_default=True, type=click.IntRange(1, 1000),
+              help="Integrated-gradients steps and SmoothGrad samples, 1 to 1000 (fewer than `vizcnn saliency`'s 50: the "
                    "check compares maps with each other, every map computed alike, for every image and step).")
 @run_options
 @projection_options
