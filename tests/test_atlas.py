@@ -98,6 +98,27 @@ def test_pass_equals_brute_force(site, data, layer):
     assert dead == entry["dead_units"]
 
 
+@pytest.mark.parametrize("layer", LAYERS)  # conv1 through crops, conv2 through whole-image windows
+def test_batched_projections_equal_single_ones(data, layer):
+    from vizcnn.api import scan
+    from vizcnn.core.layers import geometry_key, layer_geometry
+    from vizcnn.methods.atlas import project_winners_batched
+    from vizcnn.methods.deconv import project
+
+    model, source = tiny_model(), folder_source(data)
+    top = scan(model, source, SPEC, topk_layers=[layer], top=3, num_workers=0).topk[layer]
+    info = layer_geometry(model, SPEC.input_size)[geometry_key(model, layer)]
+    got = project_winners_batched(model, lambda i: load(source, i, SPEC)[1], layer, top, [0, 2, 4], info,
+                                  batch_size=4)
+    assert got
+    for (u, r), (proj, box) in got.items():
+        x = load(source, int(top.image[u, r]), SPEC)[1]
+        single = project(model, x, layer, u, (int(top.y[u, r]), int(top.x[u, r])))
+        t, b, left, right = box
+        assert torch.allclose(proj, single[:, t:b, left:right], atol=1e-6), (u, r)
+        assert single.abs().sum() == pytest.approx(single[:, t:b, left:right].abs().sum())  # nothing outside
+
+
 def test_optimisation_is_deterministic():
     model = tiny_model()
     a = optimise_units(model, "conv2", [0, 3, 5], SPEC, steps=5, seed=3, batch_size=2)

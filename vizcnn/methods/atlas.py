@@ -16,11 +16,13 @@ on how the images are split between ranks (up to float64 rounding of the sums).
 :func:`project_winners_batched` projects the winners of many units at once through the
 deconvnet engine's receptive-field crops (:func:`vizcnn.methods.deconv.backproject_cropped`):
 winners whose crops have one size share a forward and a backward, whichever image and
-unit they come from.
+unit they come from. Where the receptive field is near the image's size (the engine's
+``CROP_BELOW`` rule) every window is the whole image.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
@@ -29,7 +31,7 @@ from ..core.layers import LayerInfo
 from ..core.progress import ProgressFn
 from ..core.rules import ReverseRules
 from ..core.state import model_device, preserved_model
-from .deconv import Activations, backproject_cropped
+from .deconv import CROP_BELOW, Activations, backproject_cropped
 from .scan import TopK
 
 #: How many similar units and top classes an atlas lists per unit.
@@ -160,9 +162,14 @@ def project_winners_batched(model, read: Callable[[int], torch.Tensor | None], l
                 units_ = Activations(idx(cpu.image).new_tensor([u for u, _ in chunk]), idx(cpu.y), idx(cpu.x),
                                      torch.tensor([float(cpu.value[u, r]) for u, r in chunk], device=device))
                 which = [rows[int(cpu.image[u, r])] for u, r in chunk]
-                proj = backproject_cropped(model, x, layer, units_, info, rules, which=which,
-                                           batch_size=batch_size).detach().cpu()
                 h, w = x.shape[-2:]
+                # A receptive field near the image's size (the engine's CROP_BELOW rule): whole-image
+                # windows, one shape for every winner, since each new crop shape costs the
+                # convolution library a new plan (99 shapes made AlexNet conv2 at 96 px 5x slower).
+                windows = info if info.rf[0] * info.rf[1] < CROP_BELOW * h * w else \
+                    replace(info, rf=(4 * h + 1, 4 * w + 1))
+                proj = backproject_cropped(model, x, layer, units_, windows, rules, which=which,
+                                           batch_size=batch_size).detach().cpu()
                 for j, (u, r) in enumerate(chunk):
                     box = info.box(int(cpu.y[u, r]), int(cpu.x[u, r]), h, w)
                     t, b, left, right = box
