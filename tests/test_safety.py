@@ -843,6 +843,7 @@ def test_promise_non_finite_results_are_errors(tmp_path, samples_dir, monkeypatc
     (["topk", "lenet5", "samples", "--units", "0-10000000000", "--workers", "0"], "out of range"),
     (["topk", "lenet5", "samples", "--units", "²", "--workers", "0"], "write e.g."),
     (["topk", "lenet5", "samples", "--workers", "100000"], "--workers"),
+    (["topk", "lenet5", "samples", "--batch-size", "100000"], "--batch-size"),
     (["saliency", "lenet5", "samples/cat.jpg", "--steps", "100000000"], "--steps"),
     (["report", "lenet5", "samples/cat.jpg", "--dpi", "100000"], "--dpi"),
     (["filters", "lenet5", "--fft-size", "100000"], "--fft-size"),
