@@ -202,7 +202,8 @@ def layer_geometry(model: nn.Module, input_size: tuple[int, int, int], *,
     there. A classifier sized for another input still gives the layers before it."""
     trace = _trace(model, input_size, device)
     if not trace.records and trace.error is not None:
-        raise BadInputError(f"{type(model).__name__} cannot run on an input of shape (1, {', '.join(map(str, input_size))}): "
+        shape = ", ".join(map(str, input_size))
+        raise BadInputError(f"{type(model).__name__} cannot run on an input of shape (1, {shape}): "
                             f"{trace.error}")
     records = dict(trace.records)
     for friendly, path in friendly_names(model).items():

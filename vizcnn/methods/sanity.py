@@ -49,6 +49,7 @@ Quantus's model-parameter-randomisation test was considered as a reference and l
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -68,7 +69,8 @@ THRESHOLD = 0.5
 VERDICT_METRIC = "spearman_signed"
 PASSES, FAILS, INCONCLUSIVE = "passes", "fails", "inconclusive"
 VERDICT_RULE = ("the absolute Spearman rank correlation of the signed attribution (summed over colour channels) "
-                "with the original (a map that only flips sign is unchanged), across images: its mean with a 95% Student-t interval at each step of the cascade; "
+                "with the original (a map that only flips sign is unchanged), across images: its mean with a 95% "
+                "Student-t interval at each step of the cascade; "
                 "over the steps that re-initialise the top half of the parametrised layers (ceil(n/2), from the "
                 f"classifier down) a method passes once the whole interval is below {THRESHOLD}, fails when it "
                 f"stays at or above {THRESHOLD} at every one of them, and is inconclusive otherwise (or with one "
@@ -84,11 +86,13 @@ def _ranks(v: torch.Tensor) -> torch.Tensor:
     v = v.detach().double().flatten()
     order = torch.argsort(v, stable=True)
     sorted_v = v[order]
-    _, counts = torch.unique_consecutive(sorted_v, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    avg = ends - (counts.double() + 1) / 2  # mean of the 0-based positions start..end-1
+    starts = torch.ones_like(sorted_v, dtype=torch.bool)
+    starts[1:] = sorted_v[1:] != sorted_v[:-1]
+    group = torch.cumsum(starts, 0) - 1  # each sorted position's run of equal values
+    first = starts.nonzero().flatten()
+    counts = torch.diff(first, append=torch.tensor([len(v)]))
     ranks = torch.empty_like(v)
-    ranks[order] = torch.repeat_interleave(avg, counts)
+    ranks[order] = (first + (counts - 1) / 2).double()[group]  # mean of the run's positions
     return ranks
 
 
@@ -289,6 +293,7 @@ def _work_copy(model: nn.Module) -> nn.Module:
             m._forward_hooks, m._forward_pre_hooks, m._backward_hooks = fh, fph, bh
 
 
+@functools.lru_cache(maxsize=None)
 def t_quantile(p: float, df: int) -> float:
     """Student's t quantile (0.5 < p < 1, df ≥ 1), by bisection on the CDF integrated
     numerically (Simpson, 2,000 intervals on the substitution t = tan θ, exact to ~1e-9)."""

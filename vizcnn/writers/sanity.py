@@ -6,8 +6,6 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
 from torch import nn
 
 from ..io.imageio import save_figure
@@ -44,7 +42,8 @@ def write_sanity(out, model: nn.Module, model_name: str, image, x, *,
     which = "predicted class" if target is None else "target class"
     n = len(xs)
     head = f"{model_title(model_name, (extra or {}).get('weights'))} · {n} image{'s' if n != 1 else ''}"
-    first = f"{Path(image_names[0]).name if image_names else 'image 1'}: {which} {r.target} “{cls}” (p = {num(r.probability)})"
+    shown = Path(image_names[0]).name if image_names else "image 1"
+    first = f"{shown}: {which} {r.target} “{cls}” (p = {num(r.probability)})"
     verdict_label = r.steps[r.verdict_step]
     notes = {}
     for m in r.methods:
