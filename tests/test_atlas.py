@@ -31,6 +31,16 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/ch
 LAYERS = ["conv1", "conv2"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on shared cores two spinning threads per process cost more than
+    they give at these sizes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """24 binary 16×16 PNGs in two class folders (names that need escaping in HTML)."""

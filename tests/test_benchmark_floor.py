@@ -11,6 +11,14 @@ from benchmarks.floor import CountFlops, conv_flops_per_second, floor_ms, projec
 from vizcnn.models import load_model
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model():
     return load_model("alexnet", "fashion-mnist")
