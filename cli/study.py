@@ -20,8 +20,7 @@ def _trained(ctx, param, values):
 
 
 def _preset_help() -> str:
-    from vizcnn.study.run import estimate_seconds
-    from vizcnn.study.train import PRESETS
+    from vizcnn.study.presets import PRESETS, estimate_seconds
 
     parts = ["ci: the whole pipeline in seconds"]
     for name in ("cpu", "gpu"):

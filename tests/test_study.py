@@ -332,3 +332,73 @@ def test_device_script_runs_end_to_end_on_the_cpu_with_a_tiny_preset(tmp_path):
     assert summary["preset"]["steps"] == timing["steps"] and len(summary["claims"]) == len(CLAIM_KEYS)
     assert summary["seeds"] == [0, 1]  # two seeds per design, trained two at a time
     assert "max relative difference" in done.stdout
+
+
+def test_a_user_folder_with_a_checkpoints_folder_is_not_taken_for_a_study_run(tmp_path):
+    """The study no longer implies --force when --out holds checkpoints/: a user's folder
+    with checkpoints/, figures/ and their own report.md is refused and left as it was."""
+    out = tmp_path / "mine"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "figures").mkdir()
+    (out / "figures" / "plot.png").write_bytes(b"user's")
+    (out / "report.md").write_text("my notes")
+    before = sorted((p.relative_to(out), p.read_bytes() if p.is_file() else None) for p in out.rglob("*"))
+    result = CliRunner().invoke(cli, ["study", "zfnet", "--preset", "ci", "--steps", "2", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert sorted((p.relative_to(out), p.read_bytes() if p.is_file() else None) for p in out.rglob("*")) == before
+
+
+def test_a_study_run_resumes_from_its_own_folder_and_never_follows_a_linked_checkpoints_folder(tmp_path):
+    out = tmp_path / "s"
+    first = CliRunner().invoke(cli, ["study", "zfnet", "--preset", "ci", "--steps", "2", "--out", str(out), "--json"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(cli, ["study", "zfnet", "--preset", "ci", "--steps", "2", "--out", str(out)])
+    assert again.exit_code == 0, again.output  # an earlier study run: resumed, no --force needed
+    assert "resuming at step 2/2" in again.output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
+    result = CliRunner().invoke(cli, ["study", "zfnet", "--preset", "ci", "--steps", "2", "--out", str(linked),
+                                      "--force"])
+    assert result.exit_code == 2 and "link" in result.output
+    assert list(elsewhere.iterdir()) == []  # nothing written outside --out
+
+
+def test_a_failed_study_leaves_no_checkpoints_behind(tmp_path):
+    out = tmp_path / "o"
+    result = CliRunner().invoke(cli, ["study", "zfnet", "--preset", "ci", "--data", str(tmp_path / "missing"),
+                                      "--out", str(out)])
+    assert result.exit_code == 2
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_verdicts_of_a_summary_follow_the_rules_on_hand_built_results():
+    """Networks at chance make every claim not testable; a phenomenon absent everywhere is not
+    testable; a consistent effect is reproduced; --trained-style summaries are descriptive."""
+    from vizcnn.study.measure import METRICS, ModelResult, summarise
+
+    def result(conv1, seed, **values):
+        metrics = {m: 0.5 for m in METRICS}
+        metrics.update(values)
+        return ModelResult("alexnet-2012" if conv1 == (11, 4) else "zfnet", conv1, seed, metrics, {}, {}, {},
+                           chance=0.1)
+
+    def run(a_values, z_values, **common):
+        return {"alexnet-2012": [result((11, 4), i, **a, **common) for i, a in enumerate(a_values)],
+                "zfnet": [result((7, 2), i, **z, **common) for i, z in enumerate(z_values)]}
+
+    good = summarise(run([{"dead_filters_fraction": 0.1 + 0.01 * i, "top1": 0.8} for i in range(5)],
+                         [{"dead_filters_fraction": 0.02 * i, "top1": 0.8 + 0.001 * (i - 2)} for i in range(5)]),
+                     over_seeds=True)
+    by = {c["claim"]: c for c in good["claims"]}
+    assert by["dead conv1 filters"]["verdict"] == "reproduced"
+    assert by["held-out accuracy"]["verdict"] == "equivalent within the margin"
+    absent = summarise(run([{"dead_filters_fraction": 0.0}] * 3, [{"dead_filters_fraction": 0.0}] * 3),
+                       over_seeds=True)
+    assert {c["claim"]: c["verdict"] for c in absent["claims"]}["dead conv1 filters"] == "not testable"
+    chance = summarise(run([{"top1": 0.11 + 0.01 * i} for i in range(3)], [{"top1": 0.6}] * 3), over_seeds=True)
+    assert all(c["verdict"] == "not testable" and "learned too little" in c["why"] for c in chance["claims"])
+    trained = summarise(run([{}], [{}]), over_seeds=False)
+    assert all(c["verdict"].startswith("descriptive") for c in trained["claims"])

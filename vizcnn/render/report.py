@@ -394,10 +394,10 @@ def render_index(summary: dict) -> str:
     if ds and ds.get("dead_filters"):
         parts = [f"{_e(e['layer'])} {e['dead']}/{e['filters']}" for e in ds["dead_filters"]["layers"]]
         keys.append(("dead (never fire)", f"{', '.join(parts)} over {ds['images']} images of {_e(ds['data'])}"))
-        weights = [f"{_e(e['layer'])} {e['dead_weights']['dead']}/{e['filters']}" for e in ds["dead_filters"]["layers"]
-                   if e.get("dead_weights")]
-        if weights:
-            keys.append(("dead filters (near-zero or structureless weights)", ", ".join(weights)))
+        dead_weights = [f"{_e(e['layer'])} {e['dead_weights']['dead']}/{e['filters']}"
+                        for e in ds["dead_filters"]["layers"] if e.get("dead_weights")]
+        if dead_weights:
+            keys.append(("dead filters (near-zero or structureless weights)", ", ".join(dead_weights)))
     card = s.get("card")
     if card:
         keys.append(("model size", f"{_num(card['params'])} parameters, {_flops(card['flops'])} per image"))

@@ -27,7 +27,7 @@ from ..core.rules import ReverseRules
 from ..core.state import model_device, preserved_model
 from ..methods.deconv import backproject, forward_to, strongest
 from ..methods.scan import backproject_winners, scan_batches
-from ..methods.spectra import dead_filters, filter_spectra, summarize
+from ..methods.spectra import dead_filters, effective_filters, filter_spectra, summarize
 from ..models.registry import get_spec
 from .metrics import data_alias_fraction, dense_alias_fraction, frequency_coverage, projection_hf_ratio, shift_variation
 from .stats import (DESCRIPTIVE, INCONCLUSIVE, NOT_TESTABLE, mean_ci, mean_normal, paired_ci, seeds_needed, verdict,
@@ -238,7 +238,7 @@ def _interval(values: list, runs: list[ModelResult], metric: str, over_seeds: bo
     if over_seeds:
         return mean_ci(values, bounds=(0.0, 1.0) if metric in FRACTIONS else None)
     counts = runs[0].counts
-    if metric in ("top1", "top5"):
+    if metric in ("top1", "top5") and counts.get("heldout"):
         return wilson(counts[metric + "_correct"], counts["heldout"])
     if metric in counts.get("fraction_of", {}):
         k, n = counts["fraction_of"][metric]
@@ -329,7 +329,7 @@ def measure(model: nn.Module, name: str, spec, probe: torch.Tensor, read: Callab
     conv = conv1_layer(model)
     conv1 = (int(conv.kernel_size[0]), int(conv.stride[0]))
     weight = conv.weight.detach().float()
-    spectra = summarize(filter_spectra(weight, conv1[1]))
+    spectra = summarize(filter_spectra(effective_filters(weight, grey), conv1[1]))
     dead = dead_filters(weight, grey=grey)
     coverage = frequency_coverage(weight, grey)
     device = model_device(model)

@@ -38,22 +38,11 @@ from .figures import (claims_figure, curves_figure, dominance_figure, evolution_
                       report_markdown)
 from .measure import (Layer2Winners, ModelResult, conv1_layer, data_nyquist, evolution_crops, measure, output_count,
                       study_spec, summarise)
-from .train import Preset, design_name, train
+from .presets import Preset, design_name, estimate_seconds
+from .train import train
 
 #: the Fig. 6 (a) ablation: this design, trained once more without renormalisation
 ABLATION_DESIGN = (7, 2)
-
-
-def estimate_seconds(preset: Preset, designs: Sequence[tuple[int, int]], seeds: int, ablation: bool) -> float | None:
-    """About how long a run takes on the machine the preset was sized on (None: not
-    measured): each design's steps at the measured seconds per step of its stride, plus
-    a tenth for the analysis."""
-    s4, s2 = preset.seconds_per_step
-    if not s4 or not s2:
-        return None
-    per = {d: s4 if d[1] >= 4 else s2 for d in designs}
-    train_s = preset.steps * (seeds * sum(per.values()) + (s2 if ablation else 0))
-    return train_s * 1.1
 
 
 def plan(preset: Preset, designs: Sequence[tuple[int, int]], seeds: int, ablation: bool) -> str:
