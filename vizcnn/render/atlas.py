@@ -180,7 +180,8 @@ def layer_page(site: dict, layer: dict) -> str:
         links.append(f'<a href="../{_e(site["layers"][i - 1]["page"])}">← {_e(names[i - 1])}</a>')
     if i + 1 < len(names):
         links.append(f'<a href="../{_e(site["layers"][i + 1]["page"])}">{_e(names[i + 1])} →</a>')
-    info = (f"{len(layer['units'])} of {layer['channels']} units · receptive field {_e('×'.join(map(str, layer['receptive_field'])))} px · "
+    rf = _e('×'.join(map(str, layer['receptive_field'])))
+    info = (f"{len(layer['units'])} of {layer['channels']} units · receptive field {rf} px · "
             f"stride {_e('×'.join(map(str, layer['stride'])))} px · {layer['dead']} dead in the layer")
     body = (f"<nav>{' '.join(links)}</nav><h1>{_e(site['model'])} · {_e(layer['layer'])}</h1>"
             f"<p class=\"sub\">{info}</p><div class=\"cards\">{''.join(cards)}</div>")

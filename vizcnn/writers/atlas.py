@@ -15,8 +15,9 @@ Four stages, each reported on ``log`` (the CLI: stderr) with its wall time:
 Resumable: the pass's result and each layer's projections and stimuli are saved, as
 each completes, in ``--out/state`` (:meth:`vizcnn.io.output.OutputDir.keep`: written
 directly, kept when a run is interrupted, carried over by every later run). A rerun with
-the same model (weights fingerprinted), data and options continues from what is there;
-a state made with other settings is recomputed. The site itself is published in one
+the same model (weights fingerprinted), data (its name and image paths; files changed in
+place are not noticed) and options continues from what is there; a state made with other
+settings is recomputed. The site itself is published in one
 step (the output folder's transaction): a killed run leaves the previous atlas as it was.
 """
 from __future__ import annotations
@@ -215,8 +216,10 @@ def write_atlas(out, model: nn.Module, model_name: str, source: ImageSource, spe
     chosen = {n: parse_units(units, infos[n].shape[0]) for n in layers}
     grey = is_grey(spec) if grey is None else bool(grey)
     rank, world = rank_and_world(None)
+    paths = hashlib.sha256("\n".join(source.describe(i) for i in range(len(source))).encode()).hexdigest()
     base = {"model": model_name, "weights": fingerprint(model), "data": source.name, "n": len(source),
-            "input": list(input_size), "mean": list(spec.mean), "std": list(spec.std), "layers": layers, "top": top}
+            "paths": paths, "input": list(input_size), "mean": list(spec.mean), "std": list(spec.std),
+            "layers": layers, "top": top}
     pass_key = _key(base)
     state_dir = out.keep(STATE) if out is not None else None
     timings: dict[str, float] = {}
@@ -396,8 +399,9 @@ def _render(out, model, model_name, source, spec, state, layers, chosen, infos, 
                             "page": f"layers/{safe}.html", "dead": int(dead.sum()),
                             "dead_units": [i for i in range(len(dead)) if dead[i]], "units": unit_rows})
     card = card_json(model, model_name, tuple(spec.input_size))
-    site = {"model": model_name, "weights": weights, "data": source.name, "input_size": list(spec.input_size), "top": top,
-            "method": method, "optimize": optimize, "optimize_steps": optimize_steps if optimize else None,
+    site = {"model": model_name, "weights": weights, "data": source.name, "input_size": list(spec.input_size),
+            "top": top, "method": method, "optimize": optimize,
+            "optimize_steps": optimize_steps if optimize else None,
             "images": state["images"], "skipped": len(state["skipped"]),
             "skipped_images": [{"index": i, "path": p, "reason": r} for i, p, r in state["skipped"]],
             "pass_seconds": round(state["seconds"], 3), "world_size": state["world_size"],
