@@ -69,7 +69,8 @@ def run(device: torch.device, flops_per_s: float, *, quick: bool = False) -> lis
         for k in ks:
             chans = [int(c) for c in units.channel[:k]]
             pos = [(int(units.y[i]), int(units.x[i])) for i in range(k)]
-            floor = floor_ms(projection_flops(model, x, layer, k), peak) / k
+            chosen = type(units)(*(t[:k] for t in (units.channel, units.y, units.x, units.value)))
+            floor = floor_ms(projection_flops(model, x, layer, k, chosen), peak) / k
 
             def ours():
                 vizcnn.project_top(model, x, layer, k)
@@ -81,8 +82,7 @@ def run(device: torch.device, flops_per_s: float, *, quick: bool = False) -> lis
             repeats = 3 if k > 9 else 5
             t_ours = median_seconds(ours, device, repeats=repeats) * 1e3 / k
             t_captum = median_seconds(theirs, device, repeats=1 if k > 9 else 3) * 1e3 / k
-            zen = zennit_loop(model, x, layer, type(units)(*(t[:k] for t in (units.channel, units.y, units.x,
-                                                                               units.value))))
+            zen = zennit_loop(model, x, layer, chosen)
             t_zen = median_seconds(zen, device, repeats=1 if k > 9 else 3) * 1e3 / k if zen else None
             zen_note = f"; zennit DeconvNet loop {t_zen:.1f} ms ({t_zen / t_ours:.2f}× vizcnn)" if zen else \
                 "; zennit not installed"

@@ -4,10 +4,11 @@ least those FLOPs: nothing computes faster than the fastest dense kernel measure
 
 * :func:`peak_flops_per_second`: the best of a dense float32 matmul and every conv layer
   of the benchmarked models, each timed at its own shape (batch 1 and batch 8).
-* :func:`projection_flops`: what k deconvnet projections of one layer cost at least:
-  one forward truncated at the layer plus k input-gradient backward passes (no weight
-  gradients), or, where vizcnn projects through receptive-field crops, k forward +
-  backward passes over the crops, whichever is smaller.
+* :func:`projection_flops`: what k deconvnet projections of an image's top-k units of one
+  layer cost at least: one forward truncated at the layer (it finds the units) plus k
+  input-gradient backward passes (no weight gradients), or, where vizcnn projects
+  through receptive-field crops, plus k forward + backward passes over the crops,
+  whichever is smaller.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from vizcnn.core.layers import cached_geometry, geometry_key
-from vizcnn.methods.deconv import CROP_BELOW, forward_to
+from vizcnn.methods.deconv import CROP_BELOW, Activations, _windows, forward_to
 
 from .common import matmul_flops_per_second, median_seconds
 
@@ -105,18 +106,24 @@ def forward_backward_flops(model: nn.Module, x: torch.Tensor, layer: str) -> tup
     return fwd, both - fwd
 
 
-def projection_flops(model: nn.Module, x: torch.Tensor, layer: str, k: int) -> int:
-    """The FLOPs k projections of ``layer`` need at least (module docstring)."""
+def projection_flops(model: nn.Module, x: torch.Tensor, layer: str, k: int, units: Activations | None = None) -> int:
+    """The FLOPs k projections of ``layer`` need at least (module docstring). With
+    ``units`` (the k units projected), the crop floor sums each unit's own window (the
+    one vizcnn crops); without, it takes k times the smallest (the corner unit's)."""
     fwd, bwd = forward_backward_flops(model, x, layer)
     whole = fwd + k * bwd
     info = cached_geometry(model, tuple(x.shape[1:]))[geometry_key(model, layer)]
     h, w = x.shape[-2:]
     if len(info.shape) == 3 and info.rf[0] * info.rf[1] < CROP_BELOW * h * w:
-        # the smallest window vizcnn crops is the corner unit's, clipped by the border
-        top, bottom, left, right = info.box(0, 0, h, w)
-        crop = x[:, :, :bottom - top, :right - left]
-        cf, cb = forward_backward_flops(model, crop, layer)
-        return min(whole, k * (cf + cb))
+        sizes: dict[tuple[int, int], int] = {}
+        windows = _windows(info, units, h, w) if units is not None else [info.box(0, 0, h, w)] * k
+        total = fwd  # the forward that finds the units (the benchmarks project an image's top-k)
+        for top, bottom, left, right in windows:
+            size = (bottom - top, right - left)
+            if size not in sizes:
+                sizes[size] = sum(forward_backward_flops(model, x[:, :, :size[0], :size[1]], layer))
+            total += sizes[size]
+        return min(whole, total)
     return whole
 
 
