@@ -268,8 +268,8 @@ def project(model: nn.Module, x: torch.Tensor, layer: str, channel: int | Sequen
         act = acts[layer]
         units, single = _units(act, channel, position)
         proj = _project(model, x, layer, act, leaf, units, rules)
-    return proj[0] if single else proj
     check_result(proj, f"the {method} projection of layer {layer!r} (backward)", dtype=act.dtype, strict=strict)
+    return proj[0] if single else proj
 
 
 def project_top(model: nn.Module, x: torch.Tensor, layer: str, k: int = 9, *, method: str = "deconvnet",
@@ -285,8 +285,8 @@ def project_top(model: nn.Module, x: torch.Tensor, layer: str, k: int = 9, *, me
         act = acts[layer]
         units = top_units(act, k)
         proj = _project(model, x, layer, act, leaf, units, rules)
-    return units, proj
     check_result(proj, f"the {method} projection of layer {layer!r} (backward)", dtype=act.dtype, strict=strict)
+    return units, proj
 
 
 def top_activations(model: nn.Module, x: torch.Tensor, layer: str, k: int = 9) -> Activations:
@@ -321,8 +321,8 @@ def deconv_layers(model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, t
             else:
                 units = top_units(act, top)
             proj = backproject(act, leaf, units, retain_graph=i < len(layers) - 1)
-            result[name] = (units, proj.detach())
             check_result(proj, f"the {method} projection of layer {name!r} (backward)", dtype=act.dtype, strict=strict)
+            result[name] = (units, proj.detach())
     return result
 
 
