@@ -29,6 +29,17 @@ from vizcnn.writers.atlas import atlas
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 LAYERS = ["conv1", "conv2"]
+DEAD = 7  # a conv2 unit that never fires
+
+
+def atlas_model():
+    """tests/dataset_worker.py's tiny model with conv2 unit DEAD silenced (zero weights,
+    bias -1/2): a dead unit for the pages and the filter box."""
+    model = tiny_model()
+    with torch.no_grad():
+        model.features[3].weight[DEAD] = 0
+        model.features[3].bias[DEAD] = -0.5
+    return model
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +71,7 @@ def data(tmp_path_factory) -> Path:
 def site(data, tmp_path_factory):
     """The atlas of the tiny model over the data, with 6 optimisation steps."""
     out = tmp_path_factory.mktemp("atlas") / "site"
-    model = tiny_model()
+    model = atlas_model()
     before = snapshot(model)
     summary = atlas(model, data, out, spec=SPEC, layers=LAYERS, top=4, optimize_steps=6, batch_size=5)
     assert_untouched(model, before)
@@ -70,7 +81,7 @@ def site(data, tmp_path_factory):
 def _brute(data: Path, layer: str):
     source = folder_source(data)
     x = torch.stack([load(source, i, SPEC)[1] for i in range(len(source))])
-    with Extractor(tiny_model(), [layer]) as ex:
+    with Extractor(atlas_model(), [layer]) as ex:
         return source, ex.run(x)[layer]
 
 
@@ -115,7 +126,7 @@ def test_batched_projections_equal_single_ones(data, layer):
     from vizcnn.methods.atlas import project_winners_batched
     from vizcnn.methods.deconv import project
 
-    model, source = tiny_model(), folder_source(data)
+    model, source = atlas_model(), folder_source(data)
     top = scan(model, source, SPEC, topk_layers=[layer], top=3, num_workers=0).topk[layer]
     info = layer_geometry(model, SPEC.input_size)[geometry_key(model, layer)]
     got = project_winners_batched(model, lambda i: load(source, i, SPEC)[1], layer, top, [0, 2, 4], info,
@@ -130,7 +141,7 @@ def test_batched_projections_equal_single_ones(data, layer):
 
 
 def test_optimisation_is_deterministic():
-    model = tiny_model()
+    model = atlas_model()
     a = optimise_units(model, "conv2", [0, 3, 5], SPEC, steps=5, seed=3, batch_size=2)
     b = optimise_units(model, "conv2", [0, 3, 5], SPEC, steps=5, seed=3, batch_size=3)
     c = optimise_units(model, "conv2", [0, 3, 5], SPEC, steps=5, seed=4, batch_size=3)
@@ -141,7 +152,7 @@ def test_optimisation_is_deterministic():
 
 
 def test_grey_stimuli_are_grey():
-    s = optimise_units(tiny_model(), "conv1", [0, 1], SPEC, steps=2, grey=True)
+    s = optimise_units(atlas_model(), "conv1", [0, 1], SPEC, steps=2, grey=True)
     assert s.images.shape == (2, 16, 16, 3)
     assert np.array_equal(s.images[..., 0], s.images[..., 2])
 
@@ -187,7 +198,7 @@ def test_interrupted_run_resumes_to_the_same_result(site, data, tmp_path):
     from the saved state and publishes what the uninterrupted run did."""
     reference, ref_summary = site
     out = tmp_path / "site"
-    atlas(tiny_model(), data, out, spec=SPEC, layers=["conv1"], top=2, optimize=False)
+    atlas(atlas_model(), data, out, spec=SPEC, layers=["conv1"], top=2, optimize=False)
     previous = _tree(out)
 
     def stop(done, total, what):
@@ -195,12 +206,12 @@ def test_interrupted_run_resumes_to_the_same_result(site, data, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        atlas(tiny_model(), data, out, spec=SPEC, layers=LAYERS, top=4, optimize_steps=6, batch_size=5,
+        atlas(atlas_model(), data, out, spec=SPEC, layers=LAYERS, top=4, optimize_steps=6, batch_size=5,
               progress=stop, force=False)
     assert _tree(out) == previous  # the earlier atlas is untouched
     assert (out / "state" / "stimuli" / "conv1.pt").is_file()
     lines: list[str] = []
-    summary = atlas(tiny_model(), data, out, spec=SPEC, layers=LAYERS, top=4, optimize_steps=6, batch_size=5,
+    summary = atlas(atlas_model(), data, out, spec=SPEC, layers=LAYERS, top=4, optimize_steps=6, batch_size=5,
                     log=lines.append)
     assert "resumed from the saved state" in lines[0]
     assert any("projections conv2" in line and "resumed" in line for line in lines)
@@ -251,7 +262,7 @@ def spawned(rank: int, world: int, port: int, data: str, out: str) -> None:
     torch.set_num_threads(1)
     with distributed(torch.device("cpu")):
         folder = OutputDir(out, "atlas") if rank == 0 else None
-        result = write_atlas(folder, tiny_model(), "tiny", folder_source(data), SPEC, layers=LAYERS, top=4,
+        result = write_atlas(folder, atlas_model(), "tiny", folder_source(data), SPEC, layers=LAYERS, top=4,
                              optimize=False, batch_size=5, num_workers=0)
         assert (result is None) == (rank != 0)
 
@@ -306,8 +317,13 @@ pages.forEach(function (p) {
     imgs.forEach(function (i) { i.loading = "eager"; });
     Promise.all(imgs.map(function (i) { return i.decode().then(function () { return null; },
         function () { return i.getAttribute("src"); }); })).then(function (bad) {
-      results[p] = {title: d.title, images: imgs.length, broken: bad.filter(function (b) { return b; }),
-                    shown: d.body.dataset.shown || null};
+      var entry = {title: d.title, images: imgs.length, broken: bad.filter(function (b) { return b; }),
+                   shown: d.body.dataset.shown || null, hidden: d.querySelectorAll(".unit[hidden]").length};
+      var box = d.getElementById("filter");
+      if (box && p.indexOf("#") < 0) {  // typing into the box
+        box.value = "dead"; box.dispatchEvent(new Event("input")); entry.typed = d.body.dataset.shown;
+      }
+      results[p] = entry;
       if (--left === 0) document.getElementById("out").textContent = JSON.stringify(results);
     });
   };
@@ -330,32 +346,32 @@ def test_the_site_in_headless_chromium(site, tmp_path):
             assert (out / page).parent.joinpath(link).resolve().is_file(), (page, link)
     text = (out / "index.html").read_text()
     assert "&lt;b&gt;&amp;bags" in text and "<b>&bags" not in text  # class names are escaped
+    total = sum(len(e["units"]) for e in summary["layers"])
+    dead = sum(1 for e in summary["layers"] for u in e["units"] if u["dead"])
+    bags = sum(1 for e in summary["layers"] for u in e["units"] if u["classes"] and "bags" in u["classes"][0]["class"])
+    three_alive = sum(1 for e in summary["layers"] for u in e["units"] if u["unit"] == 3 and not u["dead"])
+    queries = {"": total, "dead": dead, "alive": total - dead, "3": 2, "3 alive": three_alive, "BAGS": bags, "zzz": 0}
+    index = (out / "index.html").as_uri()
+    filtered = {f"{index}#q={q.replace(' ', '%20')}": n for q, n in queries.items() if q}
+    urls = [(out / p).as_uri() for p in pages] + list(filtered)
     harness = tmp_path / "harness.html"
-    harness.write_text(HARNESS % json.dumps([(out / p).as_uri() for p in pages]))
+    harness.write_text(HARNESS % json.dumps(urls))
     run = _chromium(harness.as_uri(), tmp_path / "profile", "--allow-file-access-from-files")
     found = re.search(r'<pre id="out">(.*?)</pre>', run.stdout, re.S)
     assert found and found.group(1) != "waiting", run.stderr[-2000:]
     results = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
                          .replace("&gt;", ">"))
-    assert len(results) == len(pages)
-    for page, r in results.items():
-        assert r["broken"] == [] and r["images"] > 0 and r["title"], (page, r)
+    assert len(results) == len(urls)
+    for url, r in results.items():
+        assert r["broken"] == [] and r["images"] > 0 and r["title"], (url, r)
     console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line
                or "Failed to load" in line]
     assert console == [], console
-    total = sum(len(e["units"]) for e in summary["layers"])
-    dead = sum(1 for e in summary["layers"] for u in e["units"] if u["dead"])
-    bags = sum(1 for e in summary["layers"] for u in e["units"] if u["classes"] and "bags" in u["classes"][0]["class"])
-    for query, expected in [("", total), ("dead", dead), ("alive", total - dead), ("3", 2), ("3 dead", None),
-                            ("BAGS", bags), ("zzz", 0)]:
-        run = _chromium((out / "index.html").as_uri() + "#q=" + query.replace(" ", "%20"), tmp_path / "profile")
-        shown = re.search(r'data-shown="(\d+)"', run.stdout)
-        assert shown, run.stderr[-1000:]
-        if expected is None:
-            expected = sum(1 for e in summary["layers"] for u in e["units"] if u["unit"] == 3 and u["dead"])
-        assert int(shown.group(1)) == expected, query
-        hidden = len(re.findall(r'class="unit[^"]*"[^>]*hidden', run.stdout))
-        assert hidden == total - expected, query
+    assert int(results[index]["shown"]) == total and results[index]["hidden"] == 0
+    assert int(results[index]["typed"]) == dead == 1  # conv2's silenced unit
+    for url, expected in filtered.items():  # the filter box, as the URL's #q= fills it in
+        assert int(results[url]["shown"]) == expected, url
+        assert results[url]["hidden"] == total - expected, url
 
 
 # --------------------------------------------------------------------------- the command
