@@ -404,4 +404,15 @@ def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
                                       "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
-    assert not (tmp_path / "o" / "index.html").exists()
+    assert not (tmp_path / "o").exists()  # nothing left behind
+
+
+def test_unreadable_data_is_a_one_line_error_and_leaves_nothing(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    result = CliRunner().invoke(cli, ["atlas", "alexnet", str(bad), "--weights", "fashion-mnist", "--workers", "0",
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "no readable images" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()

@@ -221,7 +221,9 @@ def write_atlas(out, model: nn.Module, model_name: str, source: ImageSource, spe
             "paths": paths, "input": list(input_size), "mean": list(spec.mean), "std": list(spec.std),
             "layers": layers, "top": top}
     pass_key = _key(base)
-    state_dir = out.keep(STATE) if out is not None else None
+    # read where a previous run kept its state; the folder is made (kept) only once a pass has
+    # succeeded, so a run that fails on its data leaves nothing behind
+    state_dir = out.final / STATE if out is not None else None
     timings: dict[str, float] = {}
 
     # ---- stage 1: the pass (every rank takes part unless rank 0 has it saved)
@@ -239,13 +241,14 @@ def write_atlas(out, model: nn.Module, model_name: str, source: ImageSource, spe
         if rank != 0:  # rank 0 has the pass saved: nothing is left for the others
             return None
         say("atlas: [1/4] data pass: resumed from the saved state")
-        state = saved
+        state, state_dir = saved, out.keep(STATE)
     else:
         say(f"atlas: [1/4] data pass over {len(source)} images, {len(layers)} layer(s)")
         state = _run_pass(model, source, spec, layers, top, batch_size, num_workers, geometry, progress)
         if rank != 0:
             return None
         state["key"] = pass_key
+        state_dir = out.keep(STATE)
         _save(state_dir / "pass.pt", state)
     timings["pass"] = time.perf_counter() - t0
     say(f"atlas: [1/4] data pass done in {timings['pass']:.1f} s")
