@@ -298,7 +298,8 @@ def build(ops, c: int = 4) -> nn.Sequential:
     return nn.Sequential(*layers).eval()
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(_op_strategy(), min_size=1, max_size=5), height=st.integers(12, 30), width=st.integers(12, 30),
        seed=st.integers(0, 1000), where=st.tuples(st.floats(0, 1), st.floats(0, 1)))
 def test_property_crop_path_equals_whole_image_and_autograd(ops, height, width, seed, where):
