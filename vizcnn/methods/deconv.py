@@ -189,13 +189,14 @@ def backproject_cropped(model: nn.Module, x: torch.Tensor, layer: str, units: Ac
 
 def _project(model: nn.Module, x: torch.Tensor, layer: str, act: torch.Tensor, leaf: torch.Tensor,
              units: Activations, rules: ReverseRules) -> torch.Tensor:
-    """Projections of ``units`` of ``layer``: through crops when their receptive field is
-    small against the image (see :data:`CROP_BELOW`), else in batched backward passes
-    over the graph of the forward that found them."""
+    """Projections of ``units`` of ``layer``: through crops when the layer is local (every
+    op from the input is known local, ``vizcnn.core.geometry``) and its receptive field is
+    small against the image (see :data:`CROP_BELOW`), else in batched backward passes over
+    the graph of the forward that found them."""
     h, w = x.shape[-2:]
     if act.dim() == 3 and len(units) > 0:
         info = cached_geometry(model, tuple(x.shape[1:]))[geometry_key(model, layer)]
-        if info.rf[0] * info.rf[1] < CROP_BELOW * h * w:
+        if info.local and info.rf[0] * info.rf[1] < CROP_BELOW * h * w:
             return backproject_cropped(model, x.to(leaf), layer, units, info, rules)
     return backproject(act, leaf, units)
 
