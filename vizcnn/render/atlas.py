@@ -223,8 +223,8 @@ def unit_page(site: dict, layer: dict, u: dict, prev: dict | None, nxt: dict | N
         stim = (f'<div class="stim"><h2>Optimised stimulus</h2><img src="../{_e(s["file"])}" alt="optimised stimulus" '
                 f'width="192" height="192"><br>activation {_n(s["value"])} '
                 f'({_n(s["vs_median_topk"])}× the median of its top-{site["top"]}); {_n(s["rank"])} of the layer\'s '
-                f'{layer["channels"] - 1} other units respond more strongly to it, each relative to its own dataset '
-                f'maximum</div>')
+                f'{s["live_units"] - 1} other units that fire on the data respond more strongly to it, each relative '
+                f'to its own dataset maximum</div>')
     classes = _table(["class", "mean per-image max"], [[_e(c["class"]), _n(c["mean"])] for c in u.get("classes", [])],
                      [False, True]) if u.get("classes") else "<p>The data has no labels.</p>"
     similar = _table(["unit", "correlation"], [[f'<a href="../{_e(s["page"])}">{_e(name)} unit {s["unit"]}</a>'

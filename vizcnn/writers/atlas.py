@@ -344,6 +344,7 @@ def _render(out, model, model_name, source, spec, state, layers, chosen, infos, 
         if stim is not None and len(stim_row):
             top1 = tk.value[:, 0].clamp_min(1e-12)
             relative = stim["activation"] / top1[None, :]
+            live = tk.value[:, 0] > 0  # units that never fire on the data have no scale to compare with
         safe = safe_filename(name)
         page_of = {u: f"units/{safe}-{u}.html" for u in chosen[name]}
         unit_rows = []
@@ -388,7 +389,8 @@ def _render(out, model, model_name, source, spec, state, layers, chosen, infos, 
                 rel = relative[j]
                 row["stimulus"] = {"file": file, "value": float(values[u]), "steps": optimize_steps,
                                    "vs_median_topk": float(values[u]) / median if median > 0 else None,
-                                   "rank": int((rel > rel[u]).sum()) if bool(dead[u]) is False else None}
+                                   "rank": int(((rel > rel[u]) & live).sum()) if bool(live[u]) else None,
+                                   "live_units": int(live.sum())}
                 thumb_src = image
             elif winners and winners[0]["projection"]:
                 thumb_src = _levels(read_image(out.root / winners[0]["projection"]))
