@@ -145,7 +145,9 @@ def dominance_figure(d: dict) -> Figure:
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("largest conv1 filter norm / median", fontsize=8)
-    ax.set_title("one feature dominates when this is large", fontsize=8)
+    same = d.get("on") is not None and d.get("on") == d.get("off")
+    ax.set_title("renormalisation never fired: the two networks are identical" if same else
+                 "one feature dominates when this is large", fontsize=8)
     ax.tick_params(labelsize=7)
     curves = d.get("curves") or {}
     if curves.get("step"):
@@ -257,7 +259,13 @@ def report_markdown(summary: dict) -> str:
                   for d in summary["designs"]]
         extra = "Filters renormalised over the whole run, per seed: " + "; ".join(renorm) + "."
         off = summary.get("renormalisation_off")
-        if off and off.get("off") and off.get("on"):
+        fired = sum(r["curves"].get("rescaled_total", 0) for d in summary["designs"] for r in d["per_seed"])
+        if off and off.get("off") and off.get("on") and fired == 0 and off["off"] == off["on"]:
+            extra += (f"\n\nFig. 6 (a) is **not testable** at this scale: renormalisation never fired in any network "
+                      f"(no conv filter's RMS reached 0.1; conv1's largest was {off['on']['rms_max']:.3f}), so "
+                      f"{off['name']} trained without it is the same network, bit for bit (largest conv1 filter norm "
+                      f"{off['off']['max_over_median']:.2f}× the median in both).")
+        elif off and off.get("off") and off.get("on"):
             extra += (f"\n\nFig. 6 (a): without renormalisation, {off['name']}'s largest conv1 filter norm is "
                       f"{off['off']['max_over_median']:.1f}× the median filter's (with it: "
                       f"{off['on']['max_over_median']:.1f}×); its top filter holds {off['off']['top_share']:.2f} of the "
