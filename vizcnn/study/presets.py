@@ -59,11 +59,13 @@ PRESETS = {
     # on two CPU cores. lr 3e-3: in 300-step pilots on 11×11/4 (docs/study/README.md), SGD at
     # 1e-2 with the gradient clipped at 5 reached 18% held-out top-1, 3e-3 unclipped 45%
     # (7×7/2: 47%); the paper's 1e-2 unclipped with He-initialised fc8 stayed at chance. No
-    # claim's number was looked at.
+    # claim's number was looked at. seconds_per_step: the committed run's last seed, when the
+    # machine was free (two one-thread workers: 86/78 s per 800 steps at stride 4, 168/189 s at
+    # stride 2, halved for the two workers running at once).
     "cpu": Preset("cpu", size=64, classes=10, channels=(96, 128), widths=(192, 192, 128), hidden=512,
                   steps=800, batch=64, optimizer="sgd", lr=3e-3, clip=None, probe_images=256,
                   evolution=(25, 100, 400, 800), checkpoint_every=100, data="fashion-mnist-canvas", seeds=5,
-                  designs=FACTORIAL, seconds_per_step=(0.06, 0.12)),
+                  designs=FACTORIAL, seconds_per_step=(0.052, 0.112)),
     # Paper scale on one GPU: 128 px colour fractals, full ZFNet widths, the cpu preset's SGD
     # recipe with the gradient norm clipped at 5 (insurance against the 100-class start that
     # made the old gpu recipe diverge), bf16 autocast, channels-last;
