@@ -15,9 +15,10 @@ from .options import (default_weights, device_option, echo_summary, force_option
 
 
 def _Progress(quiet: bool) -> Progress:
-    """The report's steps on stderr: redrawn in place on a terminal, one line per step
-    otherwise (the steps take minutes: logs and pipes get them too), nothing with --quiet."""
-    return Progress(quiet, lines=True, label="vizcnn report")
+    """The report's steps on stderr, redrawn in place, on a terminal only (like every other
+    command's progress: a log or a pipe gets the result and the warnings, not step lines);
+    nothing with --quiet."""
+    return Progress(quiet, label="vizcnn report")
 
 
 @cli.command()

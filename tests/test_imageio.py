@@ -512,8 +512,13 @@ def test_write_json(tmp_path: Path) -> None:
     path = tmp_path / "meta.json"
     write_json(path, {"layer": "conv1", "scores": [0.5, 1.0]})
     text = path.read_text(encoding="utf-8")
-    assert text.endswith("}\n") and '\n  "layer"' in text
+    assert text == '{"layer": "conv1", "scores": [0.5, 1.0]}\n'  # short enough for one line
     assert json.loads(text) == {"layer": "conv1", "scores": [0.5, 1.0]}
+    big = {"layer": "conv1", "units": [{"unit": u, "values": list(range(20))} for u in range(6)], "n": 3}
+    write_json(path, big)
+    text = path.read_text(encoding="utf-8")
+    assert json.loads(text) == big and text.endswith("}\n") and '\n  "layer": "conv1"' in text
+    assert '"values": [0, 1, 2' in text  # a short list stays on one line inside an indented object
     with pytest.raises(BadInputError, match="meta.json"):
         write_json(path, {"score": float("nan")})
     assert json.loads(path.read_text(encoding="utf-8"))["layer"] == "conv1"

@@ -895,8 +895,27 @@ def save_figure(fig: Figure, path: PathLike, *, dpi: int | None = None) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+#: a JSON list or object whose compact form fits this many characters is written on one line
+_JSON_LINE = 100
+
+
+def _json_text(obj: Any, indent: str = "") -> str:
+    """JSON indented by level, except that any list or object whose compact form fits
+    :data:`_JSON_LINE` characters stays on one line: summaries of thousands of units stay
+    readable and a fraction of the size of ``indent=2`` (one number per line)."""
+    compact = json.dumps(obj, allow_nan=False, separators=(", ", ": "))
+    if not isinstance(obj, (dict, list)) or len(compact) <= _JSON_LINE or not obj:
+        return compact
+    inner = indent + "  "
+    if isinstance(obj, dict):
+        items = [f"{inner}{json.dumps(str(k))}: {_json_text(v, inner)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    return "[\n" + ",\n".join(inner + _json_text(v, inner) for v in obj) + "\n" + indent + "]"
+
+
 def write_json(path: PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON plus a final newline, atomically.
+    """Write ``obj`` as indented JSON plus a final newline, atomically; short lists and
+    objects stay on one line (:func:`_json_text`).
 
     ``obj`` must be plain Python (dict, list, str, int, float, bool, None): convert
     numpy and torch scalars first (``.item()``); anything else raises TypeError,
@@ -907,7 +926,7 @@ def write_json(path: PathLike, obj: Any) -> None:
             circular reference, or the file cannot be written.
     """
     try:
-        text = json.dumps(obj, indent=2, allow_nan=False)
+        text = _json_text(obj)
     except ValueError as exc:
         raise BadInputError(f"{_show(path)}: cannot write JSON: {exc}") from None
     write_atomic(path, (text + "\n").encode("utf-8"))
