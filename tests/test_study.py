@@ -195,7 +195,9 @@ def test_renormalisation_caps_filter_rms_at_0_1():
         w[0] += 0.5  # RMS 0.5 -> 0.1
         w[1] = w[1] / w[1].pow(2).mean().sqrt() * 0.05  # RMS 0.05: untouched
     untouched = w[1].clone()
-    assert renormalize_(model) >= 1
+    per_layer = {}
+    assert renormalize_(model, per_layer=per_layer) >= 1
+    assert per_layer["features.conv2"] >= 1 and sum(per_layer.values()) >= per_layer["features.conv2"]
     assert torch.allclose(w[0].pow(2).mean().sqrt(), torch.tensor(0.1))
     assert torch.equal(w[1], untouched)
     for m in model.modules():

@@ -22,6 +22,7 @@ every seed. ``vizcnn.study.train.train`` consumes the streams.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -332,10 +333,9 @@ def open_stream(preset: Recipe, data: str | None, *, seed: int, device: torch.de
     if data == "fractals":
         return FractalStream(preset, seed=seed, device=device, source_seed=source_seed, cache=cache)
     if data == "fashion-mnist-canvas":
-        if cache is not None and "canvas" in cache:
-            stream = cache["canvas"]
-            out = object.__new__(CanvasStream)
-            out.__dict__.update(stream.__dict__, seed=seed, preset=preset, device=device)
+        if cache is not None and "canvas" in cache:  # the decoded images once, a stream per seed
+            out = copy.copy(cache["canvas"])
+            out.seed, out.preset, out.device = seed, preset, device
             return out
         stream = CanvasStream(preset, seed=seed, device=device)
         if cache is not None:

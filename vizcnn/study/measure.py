@@ -333,7 +333,6 @@ def measure(model: nn.Module, name: str, spec, probe: torch.Tensor, read: Callab
     dead = dead_filters(weight, grey=grey)
     coverage = frequency_coverage(weight, grey)
     device = model_device(model)
-    dtype = weight.dtype
     x = _normalise(probe.to(device), spec).to(next(model.parameters()).dtype)
     batches = (Batch(torch.arange(i, min(i + 64, len(x))), x[i:i + 64], []) for i in range(0, len(x), 64))
     scan = scan_batches(model, batches, spec.input_size, topk_layers=["conv2"], stats_layers=list(LAYERS), top=9,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -71,7 +72,7 @@ def _train_arm(job: dict) -> str:
         snapshots = _EvolutionRecorder(probe[: min(64, len(probe))], stream, Path(job["evolution"]))
     quiet = job["quiet"]
     train(run, job["conv1"], stream, Path(job["folder"]), seed=job["seed"], on_snapshot=snapshots, tag=job["tag"],
-          log=(lambda m: None) if quiet else (lambda m: print(m, file=__import__("sys").stderr, flush=True)))
+          log=(lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
     return job["tag"]
 
 
@@ -132,7 +133,7 @@ def run_study(out: OutputDir, preset: Preset, designs: list[tuple[int, int]], *,
                 for s, c, on in arms]
         _train_in_parallel(work, jobs, log)
     results: dict[str, list[ModelResult]] = {design_name(c): [] for c in designs}
-    evolutions, first_models, pages, curves_by = {}, {}, {}, {}
+    evolutions, first_models, pages = {}, {}, {}
     nyquist, described, dominance = {}, first.describe(), {}
     for i in range(seeds):
         s = seed + i
@@ -153,11 +154,13 @@ def run_study(out: OutputDir, preset: Preset, designs: list[tuple[int, int]], *,
             if i == 0 and on:
                 snapshots = _EvolutionRecorder(probe[: min(64, len(probe))], stream, checkpoints / f"{name}-evolution")
             folder = checkpoints if on else _subfolder(checkpoints, "no-renorm")
-            model, curves, seconds = train(arm, conv1, stream, folder, seed=s, on_snapshot=snapshots, log=log, tag=tag)
+            model, curves, _ = train(arm, conv1, stream, folder, seed=s, on_snapshot=snapshots, log=log, tag=tag)
             if not on:
-                dominance = {"off": _dominance(model), "on": _dominance(first_models.get(name)),
+                on_weight = first_models.get((name, name), (None, None))[0]
+                dominance = {"off": _dominance(conv1_layer(model).weight.detach()), "on": _dominance(on_weight),
                              "curves": asdict(curves), "name": name, "seed": s}
-                first_models[f"{name} (no renormalisation)"] = conv1_layer(model).weight.detach().cpu()
+                first_models[(f"{name} (no renormalisation)", f"{name}-no-renorm")] = \
+                    (conv1_layer(model).weight.detach().cpu(), conv1)
                 continue
             result, layer2 = measure(model, name, spec, probe, _reader(name, probe, spec), heldout=heldout,
                                      grey=getattr(stream, "grey", False), seed=s, chance=1 / len(stream.classes),
@@ -170,15 +173,13 @@ def run_study(out: OutputDir, preset: Preset, designs: list[tuple[int, int]], *,
             results[name].append(result)
             if i == 0:
                 evolutions[name] = snapshots.load()
-                first_models[name] = conv1_layer(model).weight.detach().cpu()
+                first_models[(name, name)] = (conv1_layer(model).weight.detach().cpu(), conv1)
                 pages[name] = _layer2_page(name, s, len(probe), layer2)
     summary = summarise(results, over_seeds=True)
-    for name, weight in first_models.items():
-        k = weight.shape[-1]
-        stride = dict(designs_by_name(designs)).get(name.split(" (")[0], (k, 0))[1]
+    for (name, file), (weight, (k, stride)) in first_models.items():
         save_figure(filter_grid(weight, f"{name}: conv1 after training, seed {seed} of {seeds} "
                                         f"({k}×{k}, stride {stride}) on {_short(described)}"),
-                    out.path(f"fig6_conv1_{safe_filename(name.replace(' (no renormalisation)', '-no-renorm'))}.png"))
+                    out.path(f"fig6_conv1_{safe_filename(file)}.png"))
     for name, page in pages.items():
         save_figure(page, out.path(f"fig6_layer2_top9_{name}.png"))
     save_figure(curves_figure(results), out.path("training_curves.png"))
@@ -197,10 +198,6 @@ def run_study(out: OutputDir, preset: Preset, designs: list[tuple[int, int]], *,
     return _finish(out, summary)
 
 
-def designs_by_name(designs: Sequence[tuple[int, int]]) -> list[tuple[str, tuple[int, int]]]:
-    return [(design_name(d), d) for d in designs]
-
-
 def _subfolder(folder: Path, name: str) -> Path:
     sub = folder / name
     if sub.is_symlink():
@@ -209,12 +206,12 @@ def _subfolder(folder: Path, name: str) -> Path:
     return sub
 
 
-def _dominance(model) -> dict | None:
-    """How much one conv1 feature dominates (Fig. 6 a): the largest filter norm over the
-    median one, and the top filter's share of the layer's total squared norm."""
-    if model is None:
+def _dominance(w: torch.Tensor | None) -> dict | None:
+    """How much one conv1 feature dominates (Fig. 6 a), from conv1's weight: the largest
+    filter norm over the median one, and the top filter's share of the layer's total
+    squared norm."""
+    if w is None:
         return None
-    w = model if isinstance(model, torch.Tensor) else conv1_layer(model).weight.detach()
     norms = w.double().flatten(1).norm(dim=1)
     sq = norms.pow(2)
     return {"max_over_median": float(norms.max() / norms.median()) if norms.median() > 0 else None,

@@ -92,17 +92,21 @@ def build(preset: Preset, conv1: tuple[int, int], *, seed: int) -> ZFNet:
 
 
 @torch.no_grad()
-def renormalize_(model: nn.Module, max_rms: float = RENORM_RMS) -> int:
+def renormalize_(model: nn.Module, max_rms: float = RENORM_RMS, per_layer: dict[str, int] | None = None) -> int:
     """Scales every conv filter whose RMS exceeds ``max_rms`` back to ``max_rms`` (ZF §3).
-    Returns how many filters were rescaled."""
+    Returns how many filters were rescaled; ``per_layer`` (when given) gets each conv's
+    count by module path."""
     count = 0
-    for m in model.modules():
+    for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
             rms = m.weight.pow(2).mean(dim=(1, 2, 3)).sqrt()
             over = rms > max_rms
-            if over.any():
+            n = int(over.sum())
+            if n:
                 m.weight[over] *= (max_rms / rms[over]).view(-1, 1, 1, 1)
-                count += int(over.sum())
+                count += n
+            if per_layer is not None:
+                per_layer[name] = per_layer.get(name, 0) + n
     return count
 
 
@@ -196,7 +200,6 @@ def train(preset: Preset, conv1: tuple[int, int], stream, folder: Path, *, seed:
         log(f"{label}: resuming at step {start_step}/{preset.steps}")
     config = {"preset": asdict(preset), "conv1": list(conv1), "seed": seed, "mean": stream.mean,
               "classes": list(stream.classes), "data": stream.name}
-    conv1_weight = model.features.conv1.weight
     model.train()
     t0, seen, spent, rescaled, rescaled1 = time.time(), 0, 0.0, 0, 0
     every = max(1, preset.steps // 40)
@@ -219,10 +222,9 @@ def train(preset: Preset, conv1: tuple[int, int], stream, folder: Path, *, seed:
             lr = sched.get_last_lr()[0]
             sched.step()
             if preset.renorm:
-                before = conv1_weight.detach().clone()
-                n = renormalize_(model)
-                rescaled += n
-                rescaled1 += int((conv1_weight.detach() != before).flatten(1).any(1).sum())
+                per_layer: dict[str, int] = {}
+                rescaled += renormalize_(model, per_layer=per_layer)
+                rescaled1 += per_layer.get("features.conv1", 0)
             seen += len(x)
             if step % every == 0 or step == preset.steps:
                 curves.step.append(step)

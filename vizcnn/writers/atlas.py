@@ -45,6 +45,7 @@ from ..methods.atlas import NEIGHBOURS, UnitMaxima, project_winners_batched
 from ..methods.scan import MIN_FIRING, MIN_MAX, FilterStats, TopK, parse_units, rank_and_world
 from ..methods.stimulus import is_grey, optimise_units
 from ..models.cards import card_json
+from .dataset import winner_records
 from ..render.atlas import CSS, JS, index_page, layer_page, unit_page
 from ..render.common import as_display
 
@@ -349,24 +350,15 @@ def _render(out, model, model_name, source, spec, state, layers, chosen, infos, 
         page_of = {u: f"units/{safe}-{u}.html" for u in chosen[name]}
         unit_rows = []
         for u in chosen[name]:
-            winners = []
-            for r in range(tk.value.shape[1]):
-                i = int(tk.image[u, r])
-                if i < 0:
-                    continue
-                yy, xx = int(tk.y[u, r]), int(tk.x[u, r])
-                t, b, left, right = info.box(yy, xx, h, w)
-                label = source.label(i)
+            winners = winner_records(tk, u, lambda y, x: info.box(y, x, h, w), source, classes)
+            for win in winners:
+                r = win["rank"]
                 rec = proj_files[name].get(f"{u}-{r}")
                 projection = None
                 if rec is not None:
                     projection = f"img/{safe}/u{u}_r{r}.jpg"
                     _put(out, projection, state_dir / "projections" / safe / rec[0])
-                winners.append({"rank": r, "image": i, "path": source.describe(i), "label": label,
-                                "class": classes[label] if label is not None and label < len(classes) else None,
-                                "y": yy, "x": xx, "value": float(tk.value[u, r]),
-                                "box": {"top": t, "bottom": b, "left": left, "right": right},
-                                "image_file": data_image(i), "projection": projection})
+                win.update(image_file=data_image(win["image"]), projection=projection)
             winners = [win for win in winners if win["image_file"] is not None]
             row = {"unit": u, "dead": bool(dead[u]), "firing": firing[u], "mean": mean[u], "max": float(st.max[u]),
                    "weight_norm": None if norms is None else norms[u], "winners": winners, "page": page_of[u]}

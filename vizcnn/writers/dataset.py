@@ -88,6 +88,25 @@ def write_dead_filter_figure(out, model_name: str, data_name: str, images: int, 
     return file
 
 
+def winner_records(tk, u: int, box, source: ImageSource, classes: Sequence[str] | None) -> list[dict]:
+    """Unit ``u``'s winners in ``tk`` (a TopK on the CPU) as summary.json records: rank,
+    image index, its path, label and class name, position, value and the receptive-field
+    ``box(y, x)`` (top, bottom, left, right) in pixels; empty slots (image -1) left out."""
+    records = []
+    for r in range(tk.value.shape[1]):
+        i = int(tk.image[u, r])
+        if i < 0:
+            continue
+        yy, xx = int(tk.y[u, r]), int(tk.x[u, r])
+        t, b, left, right = box(yy, xx)
+        label = source.label(i)
+        records.append({"rank": r, "image": i, "path": source.describe(i), "label": label,
+                        "class": classes[label] if label is not None and classes and label < len(classes) else None,
+                        "y": yy, "x": xx, "value": float(tk.value[u, r]),
+                        "box": {"top": t, "bottom": b, "left": left, "right": right}})
+    return records
+
+
 def write_topk(out, model: nn.Module, model_name: str, source: ImageSource, spec, *, layers: Sequence[str],
                top: int = 9, distinct_images: bool = False, units: str | Sequence[int] | None = None,
                method: str = "deconvnet", dead_filters: bool = False, min_firing: float = MIN_FIRING,
@@ -125,19 +144,8 @@ def write_topk(out, model: nn.Module, model_name: str, source: ImageSource, spec
         spatial = len(info.shape) == 3
         unit_rows = []
         for u in range(tk.value.shape[0]):
-            wins = []
-            for r in range(tk.value.shape[1]):
-                i = int(tk.image[u, r])
-                if i < 0:
-                    continue
-                yy, xx = int(tk.y[u, r]), int(tk.x[u, r])
-                t, b, left, right = info.box(yy, xx, h, w) if spatial else (0, h, 0, w)
-                label = source.label(i)
-                wins.append({"rank": r, "image": i, "path": source.describe(i), "label": label,
-                             "class": source.classes[label] if label is not None and source.classes else None,
-                             "y": yy, "x": xx, "value": float(tk.value[u, r]),
-                             "box": {"top": t, "bottom": b, "left": left, "right": right}})
-            unit_rows.append({"unit": u, "winners": wins})
+            box = (lambda y, x: info.box(y, x, h, w)) if spatial else (lambda y, x: (0, h, 0, w))
+            unit_rows.append({"unit": u, "winners": winner_records(tk, u, box, source, source.classes)})
         # a winner with activation 0 is no winner: the unit does not fire there (or anywhere)
         zero_winners = sum(1 for row in unit_rows for win in row["winners"] if not win["value"] > 0)
         never_fire = [row["unit"] for row in unit_rows
