@@ -132,10 +132,11 @@ def frequency_figure(results: dict[str, list[ModelResult]]) -> Figure:
 def dominance_figure(d: dict) -> Figure:
     """Fig. 6 (a): conv1 without renormalisation against with it — the largest filter's
     norm over the median filter's — and the run's renormalisation counts."""
-    fig = Figure(figsize=(7.5, 3.4), layout="constrained")
+    curves = d.get("curves") or {}
+    fig = Figure(figsize=(7.5 if curves.get("step") else 5.8, 3.4), layout="constrained")
     fig.suptitle(f"Fig. 6 (a): {d['name']}'s conv1 with and without filter renormalisation (seed {d['seed']})",
                  fontsize=9)
-    ax, cax = fig.subplots(1, 2)
+    ax, cax = fig.subplots(1, 2) if curves.get("step") else (fig.subplots(), None)
     labels, values = [], []
     for key, label in (("on", "renormalised\n(RMS ≤ 0.1)"), ("off", "not\nrenormalised")):
         if d.get(key) and d[key].get("max_over_median") is not None:
@@ -144,20 +145,19 @@ def dominance_figure(d: dict) -> Figure:
     ax.bar(labels, values, color=["C0", "C3"][:len(values)])
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    if values:
+        ax.set_ylim(0, 1.15 * max(values))
     ax.set_ylabel("largest conv1 filter norm / median", fontsize=8)
     same = d.get("on") is not None and d.get("on") == d.get("off")
     ax.set_title("renormalisation never fired: the two networks are identical" if same else
                  "one feature dominates when this is large", fontsize=8)
     ax.tick_params(labelsize=7)
-    curves = d.get("curves") or {}
-    if curves.get("step"):
+    if cax is not None:
         cax.plot(curves["step"], curves["loss"], color="C3", label="not renormalised")
         cax.set(xlabel="training step", ylabel="loss (batch)")
         cax.set_title("training loss without renormalisation", fontsize=8)
         cax.tick_params(labelsize=7)
         cax.grid(alpha=0.3)
-    else:
-        cax.set_visible(False)
     return fig
 
 
