@@ -407,7 +407,12 @@ def distributed(device: torch.device):
         yield rank, world, device
     finally:
         if owned:
-            dist.destroy_process_group()
+            # every rank leaves together: a rank that tears gloo down while another still works
+            # (rank 0 writing the outputs) could abort in gloo's threads ("terminate called")
+            try:
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- projections
